@@ -1,0 +1,220 @@
+"""`orl-bench`: pretrain SSL methods, evaluate them on the paper's benchmarks, report tables.
+
+Everything a command writes goes under the work directory (--workdir, else $ORL_BENCH_HOME,
+else ./orl_bench_home): generated data, artifacts, feature caches, result records.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from orl_bench import pipeline
+from orl_bench.config import (RECIPE_KINDS, ConfigError, DataConfig, apply_overrides, dump_yaml, find_recipe,
+                              from_dict, load_yaml_recipe, recipe_root)
+from orl_bench.data.images import DatasetLayoutError
+from orl_bench.engine.checkpoint import CheckpointError, load_backbone
+from orl_bench.engine.distributed import init_distributed
+from orl_bench.engine.export import export
+from orl_bench.registry import METHODS, TASKS, RegistryError
+from orl_bench.results.paper import load_reference
+from orl_bench.results.records import load_records, records_path
+from orl_bench.results.report import summarize, to_csv, to_markdown
+
+USER_ERRORS = (ConfigError, RegistryError, DatasetLayoutError, CheckpointError, FileNotFoundError, ValueError)
+
+
+def workdir_of(args: argparse.Namespace) -> Path:
+    return Path(args.workdir or os.environ.get("ORL_BENCH_HOME") or "orl_bench_home").expanduser()
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default="default",
+                   help="scale preset (tiny: tests, default: the embedded laptop run, paper: ResNet-50 on COCO) "
+                        "or a path to your own YAML recipe")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set optim.lr=0.3 (repeatable); in `run`, keys starting "
+                        "with task. go to the benchmark recipe")
+    p.add_argument("--workdir", help="where data, artifacts, features and records go (default $ORL_BENCH_HOME "
+                                     "or ./orl_bench_home)")
+
+
+def seed_overrides(args: argparse.Namespace) -> list[str]:
+    return args.overrides + ([f"train.seed={args.seed}"] if args.seed is not None else [])
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    workdir, info = workdir_of(args), init_distributed()
+    pre_over, task_over = pipeline.split_overrides(seed_overrides(args))
+    task_cfg = pipeline.load_task_config(args.task, args.recipe, task_over)
+    t0 = time.perf_counter()
+    if args.checkpoint:
+        ref = pipeline.checkpoint_ref(Path(args.checkpoint), args.arch, args.width, args.label)
+        extra, timings = {"config_hash": ref.sha256, "seed": None}, {}
+    else:
+        cfg = pipeline.load_pretrain_config(args.method, args.recipe, pre_over)
+        folder, timings = pipeline.ensure_pretrained(cfg, args.recipe, workdir, info)
+        if not info.is_main:
+            return 0
+        ref = pipeline.artifact_ref(folder)
+        extra = {"config_hash": pipeline.config_hash(cfg), "seed": cfg.train.seed}
+    t_eval = time.perf_counter()
+    records = pipeline.evaluate(task_cfg, ref, workdir, info.device, extra)
+    timings.update({"eval_s": round(time.perf_counter() - t_eval, 2), "total_s": round(time.perf_counter() - t0, 2)})
+    print(to_markdown(summarize(records, load_reference())))
+    print("timings: " + json.dumps(timings))
+    print(f"records appended to {records_path(workdir)}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    info = init_distributed()
+    cfg = pipeline.load_pretrain_config(args.method, args.recipe, seed_overrides(args))
+    folder, timings = pipeline.ensure_pretrained(cfg, args.recipe, workdir_of(args), info)
+    if info.is_main:
+        print(f"artifact: {folder}\ntimings: {json.dumps(timings)}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    workdir = workdir_of(args)
+    overrides = [o[len("task."):] if o.startswith("task.") else o for o in args.overrides]
+    task_cfg = pipeline.load_task_config(args.task, args.recipe, overrides)
+    if bool(args.artifact) == bool(args.checkpoint):
+        raise ConfigError("give exactly one of --artifact DIR (an orl-bench artifact) or --checkpoint FILE")
+    if args.artifact:
+        ref = pipeline.artifact_ref(Path(args.artifact))
+        config_hash = json.loads((Path(args.artifact) / "manifest.json").read_text())["config_hash"]
+    else:
+        ref = pipeline.checkpoint_ref(Path(args.checkpoint), args.arch, args.width, args.label)
+        config_hash = ref.sha256
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    records = pipeline.evaluate(task_cfg, ref, workdir, device, {"config_hash": config_hash})
+    print(to_markdown(summarize(records, load_reference())))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    records = load_records(workdir_of(args))
+    if args.task:
+        records = [r for r in records if r["task"] == args.task]
+    if not records:
+        print(f"no records in {records_path(workdir_of(args))}", file=sys.stderr)
+        return 1
+    rows = summarize(records, load_reference())
+    text = to_csv(rows) if args.format == "csv" else to_markdown(rows)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text, end="")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "methods":
+        for name in METHODS.names():
+            print(f"{name:16s} {METHODS.source(name)}")
+        print(f"{pipeline.RANDOM:16s} (built in: the recipe's randomly initialised backbone)")
+    elif args.what == "tasks":
+        for name in TASKS.names():
+            print(f"{name:16s} {TASKS.source(name)}")
+    else:
+        for kind in RECIPE_KINDS:
+            for path in sorted(recipe_root(kind).glob("*/*.yaml")):
+                print(f"{kind}/{path.parent.name}/{path.stem}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    data = apply_overrides(load_yaml_recipe(find_recipe("pretrain", "byol", args.recipe)), args.overrides)
+    cfg = from_dict(DataConfig, data.get("data", {}), "data")
+    if cfg.source != "synth":
+        raise ConfigError(f"`data synth` generates the embedded scenes; the recipe's data.source is {cfg.source}")
+    t0 = time.perf_counter()
+    root = pipeline.pretrain_images(cfg, workdir_of(args))
+    print(f"embedded scenes ready: {len(root.paths)} pretraining images ({root.key}) in "
+          f"{time.perf_counter() - t0:.1f}s\n{dump_yaml(cfg.synth)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    backbone, manifest = load_backbone(Path(args.artifact))
+    out = Path(args.out)
+    export(backbone, manifest, args.format, out)
+    print(f"wrote {out} ({args.format})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orl-bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def checkpoint_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--checkpoint", help="evaluate a torchvision ResNet state dict from a local file "
+                                            "(e.g. supervised weights) instead of pretraining")
+        p.add_argument("--arch", default="resnet50", help="architecture of --checkpoint")
+        p.add_argument("--width", type=int, default=64, help="stem width of --checkpoint (64 = torchvision)")
+        p.add_argument("--label", default="checkpoint", help="method name recorded for --checkpoint")
+
+    p = sub.add_parser("run", help="the whole chain for one (method, task): data, pretrain or reuse, evaluate, "
+                                   "record, print the table")
+    p.add_argument("--method", default="byol", help="pretraining method (orl-bench list methods), or random")
+    p.add_argument("--task", default="voc07_svm", help="benchmark (orl-bench list tasks)")
+    p.add_argument("--seed", type=int, help="pretraining seed (same as --set train.seed=N); recorded")
+    add_common(p)
+    checkpoint_args(p)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("pretrain", help="train (or resume) a method; under torchrun for many GPUs or nodes")
+    p.add_argument("--method", required=True)
+    p.add_argument("--seed", type=int)
+    add_common(p)
+    p.set_defaults(fn=cmd_pretrain)
+
+    p = sub.add_parser("eval", help="evaluate an existing artifact or checkpoint on one task")
+    p.add_argument("--task", required=True)
+    p.add_argument("--artifact", help="an orl-bench artifact folder (with manifest.json)")
+    add_common(p)
+    checkpoint_args(p)
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("report", help="tables of all result records, with the paper's numbers beside")
+    p.add_argument("--task", help="only this task")
+    p.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    p.add_argument("--out", help="also write the table to this file")
+    p.add_argument("--workdir")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("list", help="registered methods or tasks (with where they come from), or recipes")
+    p.add_argument("what", choices=("methods", "tasks", "recipes"))
+    p.set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("data", help="generate the embedded synthetic scenes now (otherwise done on first use)")
+    p.add_argument("what", choices=("synth",))
+    add_common(p)
+    p.set_defaults(fn=cmd_data)
+
+    p = sub.add_parser("export", help="convert an artifact's backbone for other frameworks")
+    p.add_argument("artifact", help="artifact folder")
+    p.add_argument("--format", choices=("torchvision",), default="torchvision")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except USER_ERRORS as e:
+        print(f"orl-bench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

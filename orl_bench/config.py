@@ -1,0 +1,255 @@
+"""Typed configuration: dataclass schemas, YAML recipes with `base:` inheritance, dotted overrides.
+
+A recipe is plain YAML. `base: other.yaml` (or a list) is merged first, paths relative to the
+recipe. Overrides `a.b=c` are parsed as YAML scalars. The merged dict is then validated against
+the dataclass schema: an unknown key is an error that names the closest valid key. The method
+section is validated against the schema its plugin declares, so plugins never touch this file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orl_bench.data.synth import SynthSpec
+
+
+class ConfigError(ValueError):
+    """A recipe or override does not fit the schema."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema. Fields marked `volatile` do not change what is computed (logging, workers, paths to
+# the same data) and are left out of the config hash so changing them reuses artifacts.
+
+def volatile(default: Any) -> Any:
+    return field(default=default, metadata={"hash": False})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "synth"  # synth | coco | coco_plus | voc2007
+    root: str | None = volatile(None)  # real data location; else ORL_BENCH_<SOURCE> env variable
+    synth: SynthSpec = field(default_factory=SynthSpec)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "resnet50"  # resnet18 | resnet34 | resnet50 | ... (torchvision names)
+    width: int = 64  # channels of the stem; 64 is torchvision's, 32 is a half-width ResNet
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw | lars
+    lr: float = 0.2  # per 256 images: the actual lr is lr * global_batch / 256
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    exclude_bias_and_norm: bool = False  # BYOL/ORL decay every parameter; LARS recipes exclude
+    warmup_epochs: float = 4.0
+    final_lr_fraction: float = 0.0  # cosine ends at lr * this
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 800
+    batch_size: int = 512  # global, over all ranks
+    seed: int = 0
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    channels_last: bool = True  # CUDA only
+    deterministic: bool = False
+    sync_bn: bool = True  # when distributed
+    num_workers: int = volatile(4)
+    checkpoint_every_steps: int = volatile(500)
+    log_every_steps: int = volatile(20)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    method: dict = field(default_factory=dict)  # {name: ..., **plugin params}; see validate_method
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    layers: tuple[str, ...] = ("res5",)  # conv1 res2 res3 res4 res5 (pooling table) and res5_gap
+    resize_short: int = 256  # eval preprocessing: shorter side, then a square resize (no crop)
+    size: int = 224
+    batch_size: int = volatile(64)
+    num_workers: int = volatile(2)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """A benchmark's settings: the task's own options live in `params` (validated by the task)."""
+    name: str = ""
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="synth"))
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    params: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from dicts with helpful errors.
+
+def _closest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp) or (
+        tp in (int, float) and isinstance(value, bool)
+    ):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    if tp is dict and not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    """Build dataclass `cls` from `data`, rejecting unknown keys with the closest valid one."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"unknown key '{where}.{key}'{_closest(key, names)} "
+                              f"(valid keys: {', '.join(names)})")
+    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data view of a config (tuples become lists), for YAML/JSON and hashing."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _hashable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _hashable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if f.metadata.get("hash", True)}
+    if isinstance(obj, (list, tuple)):
+        return [_hashable(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _hashable(v) for k, v in obj.items()}
+    return obj
+
+
+def config_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of everything that changes results (volatile fields out)."""
+    blob = json.dumps(_hashable(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def validate_params(params_cls: type, section: dict, where: str) -> dict:
+    """Check a plugin's options against its declared dataclass; returns the filled-in dict."""
+    return to_dict(from_dict(params_cls, section, where))
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes.
+
+RECIPE_KINDS = ("pretrain", "benchmarks")
+
+
+def shipped_folder(repo_folder: str) -> Path:
+    """A top-level repository folder (pretrain/, benchmarks/, results/) as installed: the wheel
+    maps it to orl_bench/recipes/<name>; a source checkout or editable install has it in place."""
+    package = Path(__file__).resolve().parent
+    installed = package / "recipes" / ("reference" if repo_folder == "results" else repo_folder)
+    return installed if installed.is_dir() else package.parent / repo_folder
+
+
+def recipe_root(kind: str) -> Path:
+    return shipped_folder(kind)
+
+
+def find_recipe(kind: str, group: str, recipe: str) -> Path:
+    """`recipe` is a YAML path, or a scale name looked up as <kind>/<group>/<recipe>.yaml."""
+    as_path = Path(recipe)
+    if as_path.suffix in (".yaml", ".yml"):
+        if not as_path.is_file():
+            raise ConfigError(f"recipe file not found: {as_path}")
+        return as_path
+    path = recipe_root(kind) / group / f"{recipe}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (recipe_root(kind) / group).glob("*.yaml"))
+        raise ConfigError(f"no {kind} recipe '{recipe}' for '{group}' (looked for {path}); "
+                          f"available: {', '.join(available) or 'none'}; or pass a YAML path")
+    return path
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml_recipe(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"recipe inheritance cycle: {' -> '.join(map(str, _seen + (path,)))}")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping at the top level")
+    bases = data.pop("base", [])
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = deep_merge(merged, load_yaml_recipe(path.parent / base, _seen + (path,)))
+    return deep_merge(merged, data)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=c` strings; values are parsed as YAML (numbers, bools, lists, null)."""
+    out = data
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.path=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        nested: Any = value
+        for part in reversed(key.strip().split(".")):
+            nested = {part: nested}
+        out = deep_merge(out, nested)
+    return out
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False)

@@ -1,0 +1,64 @@
+"""Locate a configured dataset: the embedded synthetic scenes, or real data by path.
+
+Real data is found from `data.root` in the config or, failing that, an environment variable
+(ORL_BENCH_COCO, ORL_BENCH_VOC2007). The embedded scenes are generated on first use into the
+work directory and cached by their parameters.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from orl_bench.config import DataConfig
+from orl_bench.data.coco import CocoDataset
+from orl_bench.data.images import DatasetLayoutError
+from orl_bench.data.synth import ensure_synth
+from orl_bench.data.voc import VOC2007
+
+ENV_VARS = {"coco": "ORL_BENCH_COCO", "coco_plus": "ORL_BENCH_COCO", "voc2007": "ORL_BENCH_VOC2007"}
+PRETRAIN_SOURCES = ("synth", "coco", "coco_plus")
+VOC_SOURCES = ("synth", "voc2007")
+
+
+@dataclass(frozen=True)
+class ImageList:
+    """An ordered list of pretraining images; `key` names it in caches and records."""
+    paths: list[Path]
+    key: str
+    coco: list[CocoDataset]
+
+
+def synth_root(cfg: DataConfig, workdir: Path) -> Path:
+    return ensure_synth(cfg.synth, Path(workdir) / "data", workers=os.cpu_count() or 1)
+
+
+def real_root(cfg: DataConfig) -> Path:
+    root = cfg.root or os.environ.get(ENV_VARS[cfg.source])
+    if not root:
+        raise DatasetLayoutError(f"data.source={cfg.source} needs a location: set data.root (--set data.root=PATH) "
+                                 f"or the {ENV_VARS[cfg.source]} environment variable")
+    return Path(root).expanduser()
+
+
+def pretrain_images(cfg: DataConfig, workdir: Path) -> ImageList:
+    if cfg.source not in PRETRAIN_SOURCES:
+        raise ValueError(f"data.source '{cfg.source}' cannot be pretrained on; expected one of {PRETRAIN_SOURCES}")
+    if cfg.source == "synth":
+        sets = [CocoDataset(synth_root(cfg, workdir) / "coco", "train2017")]
+        key = f"synth-{cfg.synth.digest()}-train2017"
+    else:
+        root = real_root(cfg)
+        splits = ["train2017"] + (["unlabeled2017"] if cfg.source == "coco_plus" else [])
+        sets = [CocoDataset(root, split) for split in splits]
+        key = cfg.source
+    return ImageList([im.path for s in sets for im in s.images], key, sets)
+
+
+def voc07(cfg: DataConfig, workdir: Path, split: str) -> tuple[VOC2007, str]:
+    """The VOC07 split and its cache key."""
+    if cfg.source not in VOC_SOURCES:
+        raise ValueError(f"data.source '{cfg.source}' is not a VOC07 source; expected one of {VOC_SOURCES}")
+    if cfg.source == "synth":
+        return VOC2007(synth_root(cfg, workdir) / "VOCdevkit", split), f"synth-{cfg.synth.digest()}-voc07-{split}"
+    return VOC2007(real_root(cfg), split), f"voc2007-{split}"

@@ -1,0 +1,300 @@
+"""One procedural scene: categories (shape x texture), instance sampling, occlusion, rendering.
+
+A category is a shape family with a texture. Colour, size, pose, aspect, vertex jitter and the
+texture's period, orientation and phase are drawn per instance, so colour jitter (a standard SSL
+augmentation) never destroys the class cue and no two instances of a class look alike
+(DESIGN.md, calibration notes). The background (gradient, low-frequency noise, a faint grating,
+scribbles and dots) is drawn independently of the objects, so it carries no label information.
+"""
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+
+SHAPES = ("star", "ring", "cross", "crescent", "triangle", "hexagon",
+          "heart", "arrow", "lshape", "ellipse", "chevron", "semicircle")
+TEXTURES = ("solid", "striped", "dotted", "checkered", "concentric")
+MAX_CATEGORIES = len(SHAPES) * len(TEXTURES)
+
+OBJECT_SIZE = (0.15, 0.55)  # object extent (bounding-circle diameter) / image short side
+DIFFICULT_VISIBLE_FRACTION = 0.35  # difficult if less of its own mask than this is visible ...
+DIFFICULT_MIN_SIDE = 0.08  # ... or if the visible box's shorter side is below this x short side
+_PLACEMENT_TRIES = 20
+_SUBPIXEL = 4  # fractional bits for cv2.fillPoly
+Poly = np.ndarray  # (k, 2) float, unit-disc coordinates
+
+
+def category_table(n: int) -> list[tuple[str, str]]:
+    """(texture, shape) of categories 0..n-1: all shapes once with rotating textures, then again
+    with the next texture, so from category 13 on, shape alone no longer identifies a class."""
+    if not 1 <= n <= MAX_CATEGORIES:
+        raise ValueError(f"num_categories must be in 1..{MAX_CATEGORIES}, got {n}")
+    s, t = len(SHAPES), len(TEXTURES)
+    return [(TEXTURES[(k % s + k // s) % t], SHAPES[k % s]) for k in range(n)]
+
+
+def category_names(n: int) -> list[str]:
+    return [f"{texture}_{shape}" for texture, shape in category_table(n)]
+
+
+def _u(rng: np.random.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
+    """A Python float: a NumPy float64 scalar would silently promote float32 images."""
+    return float(rng.uniform(lo, hi))
+
+
+# --- shapes: (filled polygons, hole polygons) inside the unit disc, with per-instance jitter ---
+
+def _polar(angles: np.ndarray, radii: np.ndarray | float) -> Poly:
+    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], 1)
+
+
+def _ellipse(rx: float, ry: float, cx: float = 0.0, n: int = 32) -> Poly:
+    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([cx + rx * np.cos(a), ry * np.sin(a)], 1)
+
+
+def _fit(p: Poly) -> Poly:
+    """Centre the polygon's box on the origin and scale it into the unit disc."""
+    p = p - (p.max(0) + p.min(0)) / 2
+    return p / np.hypot(p[:, 0], p[:, 1]).max()
+
+
+def _regular(rng: np.random.Generator, k: int, jitter: float) -> Poly:
+    a = np.arange(k) * 2 * np.pi / k + rng.uniform(-jitter, jitter, k)
+    return _fit(_polar(a, rng.uniform(0.85, 1.0, k)))
+
+
+def _star(rng):
+    radii = np.where(np.arange(10) % 2 == 0, 1.0, rng.uniform(0.38, 0.55)) * rng.uniform(0.85, 1, 10)
+    return [_fit(_polar(np.arange(10) * np.pi / 5 + rng.uniform(-0.08, 0.08, 10), radii))], []
+
+
+def _ring(rng):
+    ry, inner = rng.uniform(0.8, 1.0), rng.uniform(0.45, 0.65)
+    return [_ellipse(1.0, ry)], [_ellipse(inner, inner * ry, rng.uniform(-0.1, 0.1))]
+
+
+def _cross(rng):
+    t = rng.uniform(0.17, 0.25)  # half thickness of the bars
+    right, up, left, down = np.sqrt(1 - t * t) * rng.uniform(0.75, 1.0, 4)
+    return [np.array([(t, -down), (t, -t), (right, -t), (right, t), (t, t), (t, up), (-t, up),
+                      (-t, t), (-left, t), (-left, -t), (-t, -t), (-t, -down)])], []
+
+
+def _crescent(rng):
+    r = rng.uniform(0.7, 0.9)
+    return [_ellipse(1.0, 1.0)], [_ellipse(r, r, rng.uniform(0.3, 0.5))]
+
+
+def _triangle(rng):
+    return [_regular(rng, 3, 0.2)], []
+
+
+def _hexagon(rng):
+    return [_regular(rng, 6, 0.1)], []
+
+
+def _heart(rng):
+    t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    x = 16 * np.sin(t) ** 3 * rng.uniform(0.85, 1.1)
+    y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+    return [_fit(np.stack([x, y], 1))], []
+
+
+def _arrow(rng):
+    w, h, head = rng.uniform(0.12, 0.22), rng.uniform(0.45, 0.6), rng.uniform(0.45, 0.65)
+    neck = 1 - head
+    return [_fit(np.array([(-1, -w), (neck, -w), (neck, -h), (1, 0), (neck, h), (neck, w),
+                           (-1, w)]))], []
+
+
+def _lshape(rng):
+    t, a, b = rng.uniform(0.3, 0.45), rng.uniform(0.8, 1.0), rng.uniform(0.8, 1.0)
+    return [_fit(np.array([(0, 0), (a, 0), (a, t), (t, t), (t, b), (0, b)]))], []
+
+
+def _ellipse_shape(rng):
+    return [_ellipse(1.0, rng.uniform(0.4, 0.65))], []
+
+
+def _chevron(rng):
+    t, depth = rng.uniform(0.25, 0.4), rng.uniform(0.6, 1.0)
+    return [_fit(np.array([(-1, 0), (0, depth), (1, 0), (1, -t), (0, depth - t), (-1, -t)]))], []
+
+
+def _semicircle(rng):
+    a = np.linspace(0, np.pi, 17)
+    return [_fit(_polar(a, 1.0) * (1.0, rng.uniform(0.7, 1.0)))], []
+
+
+_SHAPE_FNS: dict[str, Callable[[np.random.Generator], tuple[list[Poly], list[Poly]]]] = {
+    "star": _star, "ring": _ring, "cross": _cross, "crescent": _crescent,
+    "triangle": _triangle, "hexagon": _hexagon, "heart": _heart, "arrow": _arrow,
+    "lshape": _lshape, "ellipse": _ellipse_shape, "chevron": _chevron, "semicircle": _semicircle,
+}
+
+
+# --- instances ---
+
+@dataclass
+class SceneObject:
+    """One placed instance; `visible` is its mask after occlusion by later (front) objects."""
+    category: int
+    texture: str
+    centre: tuple[float, float]
+    radius: float
+    mask: np.ndarray  # bool (H, W), own silhouette
+    visible: np.ndarray  # bool (H, W)
+
+
+def is_difficult(visible_area: int, own_area: int, box_w: float, box_h: float, short_side: int) -> bool:
+    """VOC's `difficult`: mostly occluded, or what is visible is too small to recognise."""
+    return (visible_area < DIFFICULT_VISIBLE_FRACTION * own_area
+            or min(box_w, box_h) < DIFFICULT_MIN_SIDE * short_side)
+
+
+def _silhouette(rng, shape: str, centre: np.ndarray, radius: float, hw: tuple[int, int]):
+    filled, holes = _SHAPE_FNS[shape](rng)
+    theta = rng.uniform(0, 2 * np.pi)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    squash = np.array([1.0, rng.uniform(0.8, 1.0)])  # aspect jitter, stays inside the disc
+    mask = np.zeros(hw, np.uint8)
+    for polys, value in ((filled, 1), (holes, 0)):
+        if polys:
+            pts = [np.round((centre + radius * (p * squash) @ rot.T) * (1 << _SUBPIXEL)).astype(np.int32)
+                   for p in polys]
+            cv2.fillPoly(mask, pts, value, cv2.LINE_8, shift=_SUBPIXEL)
+    return mask.astype(bool)
+
+
+def _place(rng, centres: list[np.ndarray], radius: float, hw: tuple[int, int]) -> np.ndarray:
+    """Best of three candidates: the one farthest from earlier objects, so objects spread out
+    and random crops of the image tend to contain different objects (overlaps still occur)."""
+    lo, hi = radius, np.array([hw[1], hw[0]]) - 1 - radius  # the whole object stays inside
+    cands = rng.uniform(lo, hi, (3, 2))
+    if not centres:
+        return cands[0]
+    d = np.linalg.norm(cands[:, None] - np.array(centres)[None], axis=2).min(1)
+    return cands[int(d.argmax())]
+
+
+def _sample_objects(rng, hw, num_categories, min_objects, max_objects) -> list[SceneObject]:
+    """Back-to-front instances; a candidate that would hide an earlier object completely is
+    redrawn (position and size), so every placed object keeps some visible pixels."""
+    table = category_table(num_categories)
+    short = min(hw)
+    objects: list[SceneObject] = []
+    for _ in range(rng.integers(min_objects, max_objects + 1)):
+        category = int(rng.integers(num_categories))
+        texture, shape = table[category]
+        for _ in range(_PLACEMENT_TRIES):
+            radius = short * _u(rng, *OBJECT_SIZE) / 2
+            centre = _place(rng, [o.centre for o in objects], radius, hw)
+            mask = _silhouette(rng, shape, centre, radius, hw)
+            if mask.any() and all((o.visible & ~mask).any() for o in objects):
+                break
+        else:
+            continue
+        for o in objects:
+            o.visible &= ~mask
+        objects.append(SceneObject(category, texture, (float(centre[0]), float(centre[1])), radius,
+                                   mask, mask.copy()))
+    return objects
+
+
+# --- painting ---
+
+def _colour(rng, value: float) -> np.ndarray:
+    rgb = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.2, 1.0), value)
+    return np.array(rgb, np.float32) * 255
+
+
+def _colour_pair(rng) -> tuple[np.ndarray, np.ndarray]:
+    """Two random colours whose brightness differs enough for the texture to survive grayscale."""
+    v1 = rng.uniform(0.25, 1.0)
+    v2 = rng.uniform(0.1, v1 - 0.35) if v1 >= 0.6 else rng.uniform(v1 + 0.35, 1.0)
+    return _colour(rng, v1), _colour(rng, v2)
+
+
+def _texture(rng, texture: str, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
+    """Boolean pattern on the grid (x, y) (object-centred pixels) with a random period,
+    orientation and phase."""
+    period = max(3.5, radius * _u(rng, 0.35, 0.6))
+    phi = _u(rng, 0, 2 * np.pi)
+    c, s = np.cos(phi) / period, np.sin(phi) / period
+    u = x * c + y * s + _u(rng)
+    v = y * c - x * s + _u(rng)
+    if texture == "solid":
+        return np.zeros(np.broadcast_shapes(x.shape, y.shape), bool)
+    if texture == "striped":
+        return np.sin(2 * np.pi * u) > _u(rng, -0.3, 0.3)
+    if texture == "dotted":
+        return (u % 1 - 0.5) ** 2 + (v % 1 - 0.5) ** 2 < _u(rng, 0.22, 0.32) ** 2
+    if texture == "checkered":
+        return (np.floor(u) + np.floor(v)) % 2 == 1
+    if texture == "concentric":
+        dx, dy = _u(rng, -0.2, 0.2) * radius, _u(rng, -0.2, 0.2) * radius
+        return np.sin(np.hypot(x - dx, y - dy) * (2 * np.pi / period) + phi) > _u(rng, -0.3, 0.3)
+    raise ValueError(f"unknown texture {texture!r}")
+
+
+def _paint(rng, canvas: np.ndarray, obj: SceneObject) -> None:
+    (cx, cy), r = obj.centre, obj.radius  # the shape lies in this disc, which lies in the image
+    y0, y1, x0, x1 = max(0, int(cy - r)), int(cy + r) + 2, max(0, int(cx - r)), int(cx + r) + 2
+    x = np.arange(x0, x1, dtype=np.float32)[None, :] - obj.centre[0]
+    y = np.arange(y0, y1, dtype=np.float32)[:, None] - obj.centre[1]
+    pattern = _texture(rng, obj.texture, x, y, obj.radius)
+    base, ink = _colour_pair(rng)
+    light = _u(rng, 0, 2 * np.pi)  # a soft directional shading, as on a lit object
+    gain = _u(rng, 0, 0.25) / obj.radius
+    shade = 1 + x * (gain * np.cos(light)) + y * (gain * np.sin(light))
+    pixels = np.where(pattern[..., None], ink, base) * shade[..., None]
+    m = obj.mask[y0:y1, x0:x1]
+    canvas[y0:y1, x0:x1][m] = pixels[m]
+
+
+def _background(rng, hw: tuple[int, int]) -> np.ndarray:
+    """Float32 (H, W, 3): a smooth random gradient with low-frequency blotches, a faint grating,
+    and clutter (strokes, scribbles, dots in random colours) that is never a category shape."""
+    h, w = hw
+    corners = rng.uniform(0, 255, (2, 2, 3)).astype(np.float32)
+    blotches = rng.standard_normal((5, 5, 3)).astype(np.float32) * _u(rng, 8, 25)
+    canvas = (cv2.resize(corners, (w, h), interpolation=cv2.INTER_LINEAR)
+              + cv2.resize(blotches, (w, h), interpolation=cv2.INTER_LINEAR))
+    b, period = _u(rng, 0, 2 * np.pi), _u(rng, 4, 16)
+    x = np.arange(w, dtype=np.float32)[None, :] * (2 * np.pi * np.cos(b) / period)
+    y = np.arange(h, dtype=np.float32)[:, None] * (2 * np.pi * np.sin(b) / period)
+    grating = np.sin(x + y) * _u(rng, 0, 12)
+    canvas += cv2.merge([grating] * 3)
+    # clutter: straight strokes, 4-point scribbles and dots, never a category shape
+    n = int(rng.integers(8, 21))
+    kinds, thick = rng.integers(3, size=n).tolist(), rng.integers(1, 3, size=n).tolist()
+    colours = rng.uniform(0, 255, (n, 3)).tolist()
+    walks = rng.uniform(0, 1, (n, 1, 2)) * (w, h) + np.cumsum(rng.uniform(-0.1, 0.1, (n, 4, 2)), 1) * min(hw)
+    walks = np.round(walks).astype(np.int32)
+    for kind, t, colour, walk in zip(kinds, thick, colours, walks):
+        if kind == 0:
+            cv2.line(canvas, walk[0].tolist(), (3 * walk[1] - 2 * walk[0]).tolist(), colour, t)
+        elif kind == 1:
+            cv2.polylines(canvas, [walk], False, colour, t)
+        else:
+            cv2.circle(canvas, walk[0].tolist(), t, colour, -1)
+    return canvas
+
+
+def render_scene(rng: np.random.Generator, height: int, width: int, num_categories: int,
+                 min_objects: int, max_objects: int) -> tuple[np.ndarray, list[SceneObject]]:
+    """An RGB uint8 (H, W, 3) scene and its objects, back to front."""
+    hw = (height, width)
+    canvas = _background(rng, hw)
+    objects = _sample_objects(rng, hw, num_categories, min_objects, max_objects)
+    for obj in objects:
+        _paint(rng, canvas, obj)
+    # sensor-like noise; uniform bytes are ~10x cheaper to draw than normal variates
+    noise = np.frombuffer(rng.bytes(canvas.size), np.uint8).reshape(canvas.shape)
+    canvas += (noise.astype(np.float32) - 127.5) * np.float32(rng.uniform(2, 6) / 73.6)
+    return np.clip(canvas, 0, 255).astype(np.uint8), objects

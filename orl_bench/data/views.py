@@ -1,0 +1,84 @@
+"""View augmentation recipes (PROTOCOLS 1) and the deterministic per-sample RNG they run under.
+
+Every sample's randomness is derived from (seed, sample key), where the key encodes the epoch
+and the image index. So a run resumed mid-epoch, or run with a different number of loader
+workers, draws exactly the same views as an uninterrupted one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    """One augmentation recipe; the two-element fields are (view 1, view 2) probabilities."""
+    size: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip_p: float = 0.5
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: tuple[float, float] = (1.0, 0.1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: tuple[float, float] = (0.0, 0.2)
+
+
+def normalize() -> v2.Transform:
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def photometric(p: ViewParams, which: int, size: int) -> list[v2.Transform]:
+    """Flip, colour, grayscale, blur, solarize with view `which` (1 or 2) probabilities."""
+    kernel = 2 * round(0.05 * size) + 1  # 23 px at 224, BYOL's 10% of the view side
+    i = which - 1
+    return [
+        v2.RandomHorizontalFlip(p.hflip_p),
+        v2.RandomApply([v2.ColorJitter(*p.color_jitter)], p=p.color_jitter_p),
+        v2.RandomGrayscale(p.grayscale_p),
+        v2.RandomApply([v2.GaussianBlur(kernel, sigma=p.blur_sigma)], p=p.blur_p[i]),
+        v2.RandomSolarize(threshold=128, p=p.solarize_p[i]),
+    ]
+
+
+def view_transform(p: ViewParams, which: int) -> v2.Compose:
+    """PIL image -> normalised float tensor: RandomResizedCrop then the photometric chain."""
+    return v2.Compose([
+        v2.PILToTensor(),
+        v2.RandomResizedCrop(p.size, scale=p.scale, ratio=p.ratio,
+                             interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+        *photometric(p, which, p.size),
+        normalize(),
+    ])
+
+
+class MultiView:
+    """Apply several transforms to one image: what one sample turns into."""
+
+    def __init__(self, *transforms: Callable[[Any], torch.Tensor]):
+        self.transforms = transforms
+
+    def __call__(self, image: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(t(image) for t in self.transforms)
+
+
+def sample_seed(seed: int, key: int) -> int:
+    """A well-mixed 63-bit seed for one sample (SplitMix64 finaliser over seed and key)."""
+    z = (seed * 0x9E3779B97F4A7C15 + key + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) >> 1
+
+
+def seeded_call(seed: int, key: int, fn: Callable[[], Any]) -> Any:
+    """Run `fn` under torch's global RNG seeded for this sample, restoring the RNG afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sample_seed(seed, key))
+        return fn()

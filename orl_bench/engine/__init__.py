@@ -1,0 +1,1 @@
+"""Training loop, distributed setup, optimisers and schedules, checkpoints."""

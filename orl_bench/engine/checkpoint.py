@@ -1,0 +1,120 @@
+"""Checkpoint artifacts (DESIGN.md, Contracts).
+
+A pretraining artifact folder holds `train_state.pt` (everything needed to resume), and once
+training is complete `backbone.safetensors` (torchvision ResNet key names) and `manifest.json`.
+The manifest is written last, so its presence marks a complete artifact.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from orl_bench.io import atomic_write, atomic_write_json, sha256_file
+from orl_bench.models.backbones import ResNet, build_backbone
+
+MANIFEST = "manifest.json"
+BACKBONE = "backbone.safetensors"
+TRAIN_STATE = "train_state.pt"
+MANIFEST_VERSION = 1
+# Keys a torchvision classification checkpoint carries beyond the backbone; dropped on load.
+ALLOWED_EXTRA_KEYS = ("fc.weight", "fc.bias")
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_train_state(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_train_state(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def is_complete(artifact_dir: Path) -> bool:
+    return (Path(artifact_dir) / MANIFEST).is_file()
+
+
+def read_manifest(artifact_dir: Path) -> dict[str, Any]:
+    path = Path(artifact_dir) / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{artifact_dir} is not a complete artifact (no {MANIFEST})")
+    return json.loads(path.read_text())
+
+
+def export_artifact(artifact_dir: Path, backbone: ResNet, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write backbone.safetensors, then manifest.json (with the weights' sha256) last."""
+    artifact_dir = Path(artifact_dir)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    atomic_write(artifact_dir / BACKBONE, lambda tmp: save_file(tensors, str(tmp)))
+    full = {"format_version": MANIFEST_VERSION, **manifest,
+            "backbone_sha256": sha256_file(artifact_dir / BACKBONE)}
+    atomic_write_json(artifact_dir / MANIFEST, full)
+    return full
+
+
+def check_keys(state: dict[str, torch.Tensor], model: torch.nn.Module, source: str) -> dict[str, torch.Tensor]:
+    """Strict match against the model's keys and shapes, except the explicit allow-list."""
+    expected = model.state_dict()
+    state = {k: v for k, v in state.items() if k not in ALLOWED_EXTRA_KEYS}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if keys:
+                parts.append(f"{label} keys ({len(keys)}): {', '.join(keys[:20])}"
+                             + (" ..." if len(keys) > 20 else ""))
+        raise CheckpointError(f"{source} does not match the {type(model).__name__} backbone: "
+                              + "; ".join(parts) + f" (ignored on purpose: {', '.join(ALLOWED_EXTRA_KEYS)})")
+    return state
+
+
+def load_backbone(artifact_dir: Path) -> tuple[ResNet, dict[str, Any]]:
+    """Rebuild the backbone an artifact describes and load its weights strictly."""
+    manifest = read_manifest(artifact_dir)
+    path = Path(artifact_dir) / BACKBONE
+    if sha256_file(path) != manifest["backbone_sha256"]:
+        raise CheckpointError(f"{path} does not match the sha256 in its manifest (modified or corrupt)")
+    model = build_backbone(manifest["arch"], manifest["width"])
+    model.load_state_dict(check_keys(load_file(str(path)), model, str(path)))
+    return model, manifest
+
+
+def load_torchvision_state_dict(path: Path, arch: str, width: int = 64) -> ResNet:
+    """A user's torchvision ResNet state dict (e.g. supervised weights), loaded strictly."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a flat state dict of tensors (torchvision layout expected)")
+    model = build_backbone(arch, width)
+    model.load_state_dict(check_keys(state, model, str(path)))
+    return model

@@ -1,0 +1,18 @@
+"""Exporters of a backbone to other frameworks' checkpoint formats."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orl_bench.io import atomic_write
+from orl_bench.models.backbones import ResNet
+
+
+def export(backbone: ResNet, manifest: dict[str, Any], fmt: str, out: Path) -> None:
+    if fmt == "torchvision":
+        state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
+        atomic_write(Path(out), lambda tmp: torch.save(state, tmp))
+        return
+    raise ValueError(f"unknown export format '{fmt}'; expected torchvision")

@@ -1,0 +1,2 @@
+"""In-tree pretraining methods; importing this package registers them."""
+from orl_bench.methods import byol  # noqa: F401

@@ -1,0 +1,98 @@
+"""The method-plugin contract and the pieces shared by momentum-teacher methods."""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from orl_bench.config import PretrainConfig, from_dict
+from orl_bench.data.pretrain_dataset import ViewsDataset
+from orl_bench.models.backbones import ResNet, build_backbone
+
+
+@dataclass(frozen=True)
+class NoParams:
+    pass
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training is: `step` optimizer steps done out of `max_steps`."""
+    step: int
+    max_steps: int
+    epoch: int
+
+
+class Method(nn.Module):
+    """A pretraining method. Subclasses declare `Params` (a dataclass of their options, filled
+    from the recipe's `method:` section), build their networks in __init__, and implement
+    `view_transform` and `training_step`. `backbone` is what gets exported.
+    """
+
+    Params: ClassVar[type] = NoParams
+    backbone: ResNet
+
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__()
+        self.cfg = cfg
+        options = {k: v for k, v in cfg.method.items() if k != "name"}
+        self.params = from_dict(self.Params, options, "method")
+
+    def build_backbone(self) -> ResNet:
+        return build_backbone(self.cfg.model.arch, self.cfg.model.width)
+
+    def view_transform(self) -> Any:
+        """PIL image -> what one sample turns into (e.g. a tuple of view tensors)."""
+        raise NotImplementedError
+
+    def make_dataset(self, paths: list[Path]) -> Dataset:
+        """The training dataset over the pretraining images; override for extra inputs."""
+        return ViewsDataset(paths, self.view_transform(), self.cfg.train.seed)
+
+    def training_step(self, batch: Any, progress: Progress) -> dict[str, torch.Tensor]:
+        """Named losses for one batch; `loss` is the one that is optimised."""
+        raise NotImplementedError
+
+    def forward(self, batch: Any, progress: Progress) -> dict[str, torch.Tensor]:
+        # Routing the step through forward() lets DistributedDataParallel see it.
+        return self.training_step(batch, progress)
+
+    def after_step(self, progress: Progress) -> None:
+        """Called after every optimizer step (EMA updates live here)."""
+
+
+def momentum_at(base: float, progress: Progress) -> float:
+    """BYOL's schedule: tau = 1 - (1 - base) * (cos(pi * step / max_steps) + 1) / 2."""
+    return 1 - (1 - base) * (math.cos(math.pi * progress.step / progress.max_steps) + 1) / 2
+
+
+def make_target(online: nn.Module) -> nn.Module:
+    """A frozen copy of the online network. It stays in train mode (BN uses batch statistics),
+    its parameters follow the online ones by EMA, and its BN buffers evolve on their own."""
+    target = copy.deepcopy(online)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """Parameters only: buffers (BN running statistics) are not averaged (PROTOCOLS 1)."""
+    t_params = list(target.parameters())
+    o_params = [p.detach() for p in online.parameters()]
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, o_params, alpha=1 - momentum)
+
+
+def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """2 - 2 cos(prediction, target), averaged over the batch."""
+    p = F.normalize(prediction.float(), dim=1)
+    z = F.normalize(target.float(), dim=1)
+    return (2 - 2 * (p * z).sum(dim=1)).mean()

@@ -1,0 +1,1 @@
+"""Backbones (torchvision ResNets with layer taps) and MLP heads."""

@@ -1,0 +1,128 @@
+"""The artifact graph behind `orl-bench run`: data -> pretrain (or reuse) -> task -> records.
+
+A pretraining artifact lives at <workdir>/artifacts/<method>-<config hash>; it is reused when
+complete, resumed when a train_state.pt is there, and built otherwise. Features are cached per
+(artifact, dataset, layer) by the tasks. Every step is safe to interrupt and re-run.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orl_bench.config import (ConfigError, PretrainConfig, TaskConfig, apply_overrides, config_hash, dump_yaml,
+                              find_recipe, from_dict, load_yaml_recipe, validate_params)
+from orl_bench.data.sources import pretrain_images
+from orl_bench.engine.checkpoint import export_artifact, is_complete, load_backbone, load_torchvision_state_dict
+from orl_bench.engine.distributed import DistInfo, barrier
+from orl_bench.engine.trainer import pretrain
+from orl_bench.io import atomic_write_text, file_lock, sha256_file
+from orl_bench.models.backbones import build_backbone
+from orl_bench.provenance import device_name, git_revision
+from orl_bench.registry import METHODS, TASKS
+from orl_bench.results.records import append_records, now_iso
+from orl_bench.tasks.base import BackboneRef
+
+RANDOM = "random"  # not a plugin: the randomly initialised backbone of a recipe, as a baseline row
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """`task.x=y` overrides go to the benchmark config, everything else to pretraining."""
+    task = [o[len("task."):] for o in overrides if o.startswith("task.")]
+    return [o for o in overrides if not o.startswith("task.")], task
+
+
+def load_pretrain_config(method: str, recipe: str, overrides: list[str]) -> PretrainConfig:
+    data = apply_overrides(load_yaml_recipe(find_recipe("pretrain", method, recipe)), overrides)
+    data.setdefault("method", {})
+    name = data["method"].setdefault("name", method)
+    if name != method:
+        raise ConfigError(f"recipe is for method '{name}' but --method is '{method}'")
+    cfg = from_dict(PretrainConfig, data)
+    if method == RANDOM:
+        if set(cfg.method) != {"name"}:
+            raise ConfigError(f"method 'random' takes no options, got {sorted(set(cfg.method) - {'name'})}")
+        return cfg
+    params = validate_params(METHODS.get(method).Params, {k: v for k, v in cfg.method.items() if k != "name"},
+                             "method")
+    return replace(cfg, method={"name": method, **params})
+
+
+def load_task_config(task: str, recipe: str, overrides: list[str]) -> TaskConfig:
+    data = apply_overrides(load_yaml_recipe(find_recipe("benchmarks", task, recipe)), overrides)
+    data.setdefault("name", task)
+    cfg = from_dict(TaskConfig, data)
+    validate_params(TASKS.get(task).Params, cfg.params, "params")
+    return cfg
+
+
+def artifact_dir(workdir: Path, cfg: PretrainConfig) -> Path:
+    return Path(workdir) / "artifacts" / f"{cfg.method['name']}-{config_hash(cfg)[:12]}"
+
+
+def ensure_pretrained(cfg: PretrainConfig, recipe: str, workdir: Path, info: DistInfo) -> tuple[Path, dict]:
+    """The complete artifact for `cfg`: reused, resumed or trained. Returns (folder, timings)."""
+    out = artifact_dir(workdir, cfg)
+    if is_complete(out):
+        return out, {"pretrain_s": 0.0, "pretrain_reused": True}
+    t0 = time.perf_counter()
+    images = pretrain_images(cfg.data, workdir) if info.is_main else None
+    barrier(info)
+    images = images or pretrain_images(cfg.data, workdir)
+    t_data = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {"recipe": recipe, "data": {"source": cfg.data.source, "key": images.key, "images": len(images.paths)},
+             "created": now_iso()}
+    with file_lock(out / "build"):  # a second concurrent run waits, then reuses
+        if not is_complete(out):
+            if cfg.method["name"] == RANDOM:
+                export_random(cfg, out, extra)
+            else:
+                pretrain(cfg, out, images.paths, extra, info)
+    return out, {"data_s": round(t_data, 2), "pretrain_s": round(time.perf_counter() - t0 - t_data, 2),
+                 "pretrain_reused": False}
+
+
+def export_random(cfg: PretrainConfig, out: Path, extra: dict[str, Any]) -> None:
+    torch.manual_seed(cfg.train.seed)
+    backbone = build_backbone(cfg.model.arch, cfg.model.width)
+    atomic_write_text(out / "config.yaml", f"# config_hash: {config_hash(cfg)}\n{dump_yaml(cfg)}")
+    export_artifact(out, backbone, {**extra, "method": RANDOM, "config_hash": config_hash(cfg),
+                                    "arch": cfg.model.arch, "width": cfg.model.width, "epochs": 0,
+                                    "git_revision": git_revision(), "torch": torch.__version__})
+
+
+def artifact_ref(folder: Path) -> BackboneRef:
+    backbone, manifest = load_backbone(folder)
+    return BackboneRef(backbone, manifest["backbone_sha256"], manifest["method"], manifest.get("recipe", "-"),
+                       str(folder))
+
+
+def checkpoint_ref(path: Path, arch: str, width: int, label: str) -> BackboneRef:
+    backbone = load_torchvision_state_dict(path, arch, width)
+    return BackboneRef(backbone, sha256_file(path), label, "external", str(path))
+
+
+def evaluate(task_cfg: TaskConfig, ref: BackboneRef, workdir: Path, device: torch.device,
+             extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run one task on one backbone and append its records (all or none) to the record store."""
+    t0 = time.perf_counter()
+    task = TASKS.get(task_cfg.name)(task_cfg, workdir, device)
+    rows = task.evaluate(ref)
+    wall = round(time.perf_counter() - t0, 2)
+    common = {"task": task_cfg.name, "method": ref.method, "artifact_sha256": ref.sha256, "artifact": ref.path,
+              "recipe": ref.recipe, "task_config_hash": config_hash(task_cfg), "git_revision": git_revision(),
+              "device": device_name(device), "wall_time_s": wall, "timestamp": now_iso(), **(extra or {})}
+    records = [{**common, **row} for row in rows]
+    append_records(workdir, records)
+    return records
+
+
+@dataclass
+class RunResult:
+    records: list[dict[str, Any]]
+    timings: dict[str, Any]
+    artifact: Path | None

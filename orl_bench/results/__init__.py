@@ -1,0 +1,1 @@
+"""Result records, the paper's reference numbers, tables and figures."""

@@ -1,0 +1,43 @@
+"""The task-plugin contract: a backbone in, result records out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from orl_bench.config import TaskConfig, from_dict
+from orl_bench.models.backbones import ResNet
+
+
+@dataclass(frozen=True)
+class NoParams:
+    pass
+
+
+@dataclass(frozen=True)
+class BackboneRef:
+    """What is evaluated: the network and the facts a record needs about it."""
+    backbone: ResNet
+    sha256: str
+    method: str
+    recipe: str
+    path: str
+
+
+class Task:
+    """Subclasses declare `Params` (filled from the benchmark recipe's `params:` section) and
+    implement `evaluate`, returning records with at least task-specific `metric` and `value`;
+    the pipeline adds the common provenance fields."""
+
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, cfg: TaskConfig, workdir: Path, device: torch.device):
+        self.cfg = cfg
+        self.workdir = Path(workdir)
+        self.device = device
+        self.params = from_dict(self.Params, cfg.params, "params")
+
+    def evaluate(self, ref: BackboneRef) -> list[dict[str, Any]]:
+        raise NotImplementedError

@@ -1,0 +1,37 @@
+"""Shared fixtures: the tiny embedded scenes are generated once per session and linked into each
+test's own work directory, so tests never share artifacts, features or records."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orl_bench import pipeline
+from orl_bench.data.sources import pretrain_images
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("tiny_home")
+    pretrain_images(pipeline.load_pretrain_config("byol", "tiny", []).data, home)
+    return home / "data"
+
+
+@pytest.fixture
+def workdir(tmp_path, tiny_data) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "data").symlink_to(tiny_data, target_is_directory=True)
+    return home
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`orl-bench ARGS` in a fresh interpreter (as a user runs it)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "orl_bench.cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=REPO)

@@ -1,0 +1,59 @@
+"""kill -9 during pretraining, run the same command again: it resumes and ends with the same
+weights as an uninterrupted run (CPU, deterministic mode)."""
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import REPO
+
+ARGS = ["pretrain", "--method", "byol", "--recipe", "tiny", "--set", "train.epochs=3",
+        "--set", "train.deterministic=true", "--set", "train.checkpoint_every_steps=2"]
+
+
+def pretrain_cmd(workdir):
+    return [sys.executable, "-m", "orl_bench.cli", *ARGS, "--workdir", str(workdir)]
+
+
+def artifact(workdir):
+    return next((workdir / "artifacts").glob("byol-*"))
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(workdir, tmp_path):
+    reference_home = tmp_path / "reference"
+    reference_home.mkdir()
+    (reference_home / "data").symlink_to(workdir / "data")
+    done = subprocess.run(pretrain_cmd(reference_home), capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+    kill_at = random.Random().randint(3, 8)  # steps per run: 3 epochs x 4 steps
+    proc = subprocess.Popen(pretrain_cmd(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    log = None
+    while time.time() < deadline and proc.poll() is None:
+        logs = list((workdir / "artifacts").glob("byol-*/log.jsonl"))
+        if logs:
+            log = logs[0]
+            steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line.strip()]
+            if steps and max(steps) >= kill_at:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (artifact(workdir) / "manifest.json").exists()
+
+    resumed = subprocess.run(pretrain_cmd(workdir), capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(e.get("event") == "resume" for e in events)
+    a = load_file(str(artifact(workdir) / "backbone.safetensors"))
+    b = load_file(str(artifact(reference_home) / "backbone.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] == b[key]).all(), f"{key} differs after resume (killed at step {kill_at})"
