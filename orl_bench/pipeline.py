@@ -36,6 +36,7 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def load_pretrain_config(method: str, recipe: str, overrides: list[str]) -> PretrainConfig:
+    plugin = None if method == RANDOM else METHODS.get(method)  # unknown names fail first, listing valid ones
     data = apply_overrides(load_yaml_recipe(find_recipe("pretrain", method, recipe)), overrides)
     data.setdefault("method", {})
     name = data["method"].setdefault("name", method)
@@ -46,16 +47,17 @@ def load_pretrain_config(method: str, recipe: str, overrides: list[str]) -> Pret
         if set(cfg.method) != {"name"}:
             raise ConfigError(f"method 'random' takes no options, got {sorted(set(cfg.method) - {'name'})}")
         return cfg
-    params = validate_params(METHODS.get(method).Params, {k: v for k, v in cfg.method.items() if k != "name"},
+    params = validate_params(plugin.Params, {k: v for k, v in cfg.method.items() if k != "name"},
                              "method")
     return replace(cfg, method={"name": method, **params})
 
 
 def load_task_config(task: str, recipe: str, overrides: list[str]) -> TaskConfig:
+    plugin = TASKS.get(task)
     data = apply_overrides(load_yaml_recipe(find_recipe("benchmarks", task, recipe)), overrides)
     data.setdefault("name", task)
     cfg = from_dict(TaskConfig, data)
-    validate_params(TASKS.get(task).Params, cfg.params, "params")
+    validate_params(plugin.Params, cfg.params, "params")
     return cfg
 
 

@@ -25,11 +25,13 @@ class CocoImage:
 
 
 def _annotation_name(split: str) -> str:
-    return "image_info_unlabeled2017.json" if split == "unlabeled2017" else f"instances_{split}.json"
+    if split == "unlabeled2017":
+        return "image_info_unlabeled2017.json"
+    return f"instances_{split}.json"
 
 
 def _layout(root: Path, split: str) -> str:
-    return (f"expected COCO layout:\n  {root}/\n    {split}/            <- images, e.g. 000000000009.jpg\n"
+    return (f"expected COCO layout:\n  {root}/\n    {split}/    <- images, e.g. 000000000009.jpg\n"
             f"    annotations/\n      {_annotation_name(split)}")
 
 
@@ -41,10 +43,12 @@ class CocoDataset:
     def __init__(self, root: Path, split: str = "train2017", ann_file: Path | None = None):
         self.root, self.split = Path(root), split
         image_dir = self.root / split
-        self.ann_file = Path(ann_file) if ann_file else self.root / "annotations" / _annotation_name(split)
+        default_ann = self.root / "annotations" / _annotation_name(split)
+        self.ann_file = Path(ann_file) if ann_file else default_ann
         for path in (self.root, image_dir, self.ann_file):
             if not path.exists():
-                raise DatasetLayoutError(f"COCO dataset: {path} does not exist; {_layout(self.root, split)}")
+                raise DatasetLayoutError(f"COCO dataset: {path} does not exist; "
+                                         f"{_layout(self.root, split)}")
         try:
             data = json.loads(self.ann_file.read_text())
             self.images = [CocoImage(int(im["id"]), im["file_name"], image_dir / im["file_name"],
@@ -57,10 +61,10 @@ class CocoDataset:
                 self._anns[position[ann["image_id"]]].append(ann)
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
             raise DatasetLayoutError(
-                f"COCO annotation file {self.ann_file} is malformed ({type(e).__name__}: {e}); expected "
-                "a JSON object with `images` [{id, file_name, width, height}], optional `categories` "
-                "[{id, name}] and `annotations` [{image_id, category_id, bbox, iscrowd}] whose "
-                "image_id appears in `images`") from e
+                f"COCO annotation file {self.ann_file} is malformed ({type(e).__name__}: {e}); "
+                "expected a JSON object with `images` [{id, file_name, width, height}], optional "
+                "`categories` [{id, name}] and `annotations` [{image_id, category_id, bbox, "
+                "iscrowd}] whose image_id appears in `images`") from e
 
     def __len__(self) -> int:
         return len(self.images)

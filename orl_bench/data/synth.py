@@ -31,7 +31,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from orl_bench.data.synth_scene import SceneObject, category_names, category_table, is_difficult, render_scene
+from orl_bench.data.synth_scene import (SceneObject, category_names, category_table, is_difficult,
+                                        render_scene)
 
 GENERATOR_VERSION = 1  # bump when the output changes for an unchanged spec: new cache key
 VOC_SUBDIR = Path("VOCdevkit") / "VOC2007"
@@ -60,8 +61,9 @@ class SynthSpec:
             raise ValueError(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, "
                              f"{self.max_objects}")
         if min(self.height, self.width) < 32:
-            raise ValueError(f"images must be at least 32 px a side, got {self.height}x{self.width}")
-        counts = (self.coco_train, self.coco_val, self.coco_unlabeled, self.voc_trainval, self.voc_test)
+            raise ValueError(f"images must be >= 32 px a side, got {self.height}x{self.width}")
+        counts = (self.coco_train, self.coco_val, self.coco_unlabeled, self.voc_trainval,
+                  self.voc_test)
         if min(counts) < 0:
             raise ValueError(f"image counts must be >= 0, got {counts}")
 
@@ -103,8 +105,9 @@ def _annotate(obj: SceneObject, short_side: int) -> dict:
     rle = mask_utils.encode(np.asfortranarray(obj.visible.astype(np.uint8)))
     bbox = [float(v) for v in mask_utils.toBbox(rle)]
     area = int(mask_utils.area(rle))
+    segmentation = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
     return {"category_id": obj.category + 1, "bbox": bbox, "area": area,
-            "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            "segmentation": segmentation,
             "difficult": is_difficult(area, int(obj.mask.sum()), bbox[2], bbox[3], short_side)}
 
 
@@ -130,9 +133,11 @@ def _voc_xml(name: str, spec: SynthSpec, anns: list[dict], classes: list[str]) -
     objects = []
     for a in anns:
         x, y, w, h = (int(v) for v in a["bbox"])  # VOC boxes: 1-based, inclusive
-        objects.append(_VOC_OBJECT.format(cls=classes[a["category_id"] - 1], difficult=int(a["difficult"]),
+        objects.append(_VOC_OBJECT.format(cls=classes[a["category_id"] - 1],
+                                          difficult=int(a["difficult"]),
                                           x0=x + 1, y0=y + 1, x1=x + w, y1=y + h))
-    return _VOC_XML.format(name=name, width=spec.width, height=spec.height, objects="".join(objects))
+    return _VOC_XML.format(name=name, width=spec.width, height=spec.height,
+                           objects="".join(objects))
 
 
 def _render_chunk(job: tuple[SynthSpec, _Split, int, int, Path]) -> list[list[dict]]:
@@ -146,15 +151,16 @@ def _render_chunk(job: tuple[SynthSpec, _Split, int, int, Path]) -> list[list[di
                                       spec.num_categories, spec.min_objects, spec.max_objects)
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
-        assert ok, "JPEG encoding failed"
+        if not ok:
+            raise RuntimeError(f"JPEG encoding failed for {split.name} image {index}")
         image_id = split.first_id + index
         anns = [] if split.name == "unlabeled2017" else [_annotate(o, short) for o in objects]
         if split.fmt == "coco":
             (root / "coco" / split.name / f"{image_id:012d}.jpg").write_bytes(jpeg.tobytes())
         else:
-            name = f"{image_id:06d}"
-            (root / VOC_SUBDIR / "JPEGImages" / f"{name}.jpg").write_bytes(jpeg.tobytes())
-            (root / VOC_SUBDIR / "Annotations" / f"{name}.xml").write_text(_voc_xml(name, spec, anns, classes))
+            name, voc = f"{image_id:06d}", root / VOC_SUBDIR
+            (voc / "JPEGImages" / f"{name}.jpg").write_bytes(jpeg.tobytes())
+            (voc / "Annotations" / f"{name}.xml").write_text(_voc_xml(name, spec, anns, classes))
         out.append(anns)
     return out
 
@@ -170,8 +176,9 @@ def _write_coco(root: Path, spec: SynthSpec, split: _Split, per_image: list[list
                        "width": spec.width, "height": spec.height})
         for a in anns:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": a["category_id"], "bbox": a["bbox"], "area": a["area"],
-                                "iscrowd": 0, "segmentation": a["segmentation"]})
+                                "category_id": a["category_id"], "bbox": a["bbox"],
+                                "area": a["area"], "iscrowd": 0,
+                                "segmentation": a["segmentation"]})
     data = {"info": {"description": "orl-bench synthetic scenes", "version": str(GENERATOR_VERSION),
                      "synth_digest": spec.digest()},
             "licenses": [], "images": images,
@@ -184,8 +191,10 @@ def _write_coco(root: Path, spec: SynthSpec, split: _Split, per_image: list[list
     (root / "coco" / "annotations" / file).write_text(json.dumps(data, separators=(",", ":")))
 
 
-def _write_voc_sets(root: Path, spec: SynthSpec, split: _Split, per_image: list[list[dict]]) -> None:
-    """ImageSets/Main/<split>.txt and <class>_<split>.txt (1 present, -1 absent, 0 difficult only)."""
+def _write_voc_sets(root: Path, spec: SynthSpec, split: _Split,
+                    per_image: list[list[dict]]) -> None:
+    """ImageSets/Main/<split>.txt and <class>_<split>.txt (VOC's convention: 1 present,
+    -1 absent, 0 present only as difficult)."""
     main = root / VOC_SUBDIR / "ImageSets" / "Main"
     ids = [f"{split.first_id + i:06d}" for i in range(split.count)]
     (main / f"{split.name}.txt").write_text("".join(f"{i}\n" for i in ids))
@@ -209,6 +218,7 @@ def _generate(spec: SynthSpec, root: Path, workers: int) -> None:
                 (root / VOC_SUBDIR / sub).mkdir(parents=True, exist_ok=True)
     jobs = [(spec, s, start, min(start + _CHUNK, s.count), root)
             for s in splits for start in range(0, s.count, _CHUNK)]
+    workers = min(workers, len(jobs))
     if workers > 1:
         # spawn: a fork of a process that already runs torch/OpenCV thread pools can deadlock
         with multiprocessing.get_context("spawn").Pool(workers, initializer=cv2.setNumThreads,
@@ -256,6 +266,8 @@ def ensure_synth(spec: SynthSpec, cache_root: Path, workers: int = 1) -> Path:
     Generation writes into a hidden sibling folder that is renamed into place only when complete,
     so an interrupted run never leaves a partial dataset at the final path. Concurrent callers
     (e.g. several ranks) may each generate; the first rename wins and the others discard theirs.
+    `workers > 1` uses spawned processes, so a calling script needs the usual
+    `if __name__ == "__main__":` guard.
     """
     cache_root = Path(cache_root)
     final = cache_root / f"synth-{spec.digest()}"

@@ -29,8 +29,9 @@ Poly = np.ndarray  # (k, 2) float, unit-disc coordinates
 
 
 def category_table(n: int) -> list[tuple[str, str]]:
-    """(texture, shape) of categories 0..n-1: all shapes once with rotating textures, then again
-    with the next texture, so from category 13 on, shape alone no longer identifies a class."""
+    """(texture, shape) of categories 0..n-1: every shape once with rotating textures, then
+    again with the next texture, and so on. Beyond 12 categories, shapes repeat and only the
+    texture tells such classes apart."""
     if not 1 <= n <= MAX_CATEGORIES:
         raise ValueError(f"num_categories must be in 1..{MAX_CATEGORIES}, got {n}")
     s, t = len(SHAPES), len(TEXTURES)
@@ -69,7 +70,8 @@ def _regular(rng: np.random.Generator, k: int, jitter: float) -> Poly:
 
 
 def _star(rng):
-    radii = np.where(np.arange(10) % 2 == 0, 1.0, rng.uniform(0.38, 0.55)) * rng.uniform(0.85, 1, 10)
+    inner = rng.uniform(0.38, 0.55)
+    radii = np.where(np.arange(10) % 2 == 0, 1.0, inner) * rng.uniform(0.85, 1, 10)
     return [_fit(_polar(np.arange(10) * np.pi / 5 + rng.uniform(-0.08, 0.08, 10), radii))], []
 
 
@@ -151,7 +153,8 @@ class SceneObject:
     visible: np.ndarray  # bool (H, W)
 
 
-def is_difficult(visible_area: int, own_area: int, box_w: float, box_h: float, short_side: int) -> bool:
+def is_difficult(visible_area: int, own_area: int, box_w: float, box_h: float,
+                 short_side: int) -> bool:
     """VOC's `difficult`: mostly occluded, or what is visible is too small to recognise."""
     return (visible_area < DIFFICULT_VISIBLE_FRACTION * own_area
             or min(box_w, box_h) < DIFFICULT_MIN_SIDE * short_side)
@@ -165,13 +168,14 @@ def _silhouette(rng, shape: str, centre: np.ndarray, radius: float, hw: tuple[in
     mask = np.zeros(hw, np.uint8)
     for polys, value in ((filled, 1), (holes, 0)):
         if polys:
-            pts = [np.round((centre + radius * (p * squash) @ rot.T) * (1 << _SUBPIXEL)).astype(np.int32)
-                   for p in polys]
+            pts = [(centre + radius * (p * squash) @ rot.T) * (1 << _SUBPIXEL) for p in polys]
+            pts = [np.round(p).astype(np.int32) for p in pts]
             cv2.fillPoly(mask, pts, value, cv2.LINE_8, shift=_SUBPIXEL)
     return mask.astype(bool)
 
 
-def _place(rng, centres: list[np.ndarray], radius: float, hw: tuple[int, int]) -> np.ndarray:
+def _place(rng, centres: list[tuple[float, float]], radius: float,
+           hw: tuple[int, int]) -> np.ndarray:
     """Best of three candidates: the one farthest from earlier objects, so objects spread out
     and random crops of the image tend to contain different objects (overlaps still occur)."""
     lo, hi = radius, np.array([hw[1], hw[0]]) - 1 - radius  # the whole object stays inside
@@ -243,14 +247,16 @@ def _texture(rng, texture: str, x: np.ndarray, y: np.ndarray, radius: float) -> 
 
 
 def _paint(rng, canvas: np.ndarray, obj: SceneObject) -> None:
-    (cx, cy), r = obj.centre, obj.radius  # the shape lies in this disc, which lies in the image
-    y0, y1, x0, x1 = max(0, int(cy - r)), int(cy + r) + 2, max(0, int(cx - r)), int(cx + r) + 2
-    x = np.arange(x0, x1, dtype=np.float32)[None, :] - obj.centre[0]
-    y = np.arange(y0, y1, dtype=np.float32)[:, None] - obj.centre[1]
-    pattern = _texture(rng, obj.texture, x, y, obj.radius)
+    (cx, cy), r = obj.centre, obj.radius  # the shape lies in this disc
+    h, w = obj.mask.shape
+    y0, y1 = max(0, int(cy - r)), min(h, int(cy + r) + 2)
+    x0, x1 = max(0, int(cx - r)), min(w, int(cx + r) + 2)
+    x = np.arange(x0, x1, dtype=np.float32)[None, :] - cx
+    y = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
+    pattern = _texture(rng, obj.texture, x, y, r)
     base, ink = _colour_pair(rng)
     light = _u(rng, 0, 2 * np.pi)  # a soft directional shading, as on a lit object
-    gain = _u(rng, 0, 0.25) / obj.radius
+    gain = _u(rng, 0, 0.25) / r
     shade = 1 + x * (gain * np.cos(light)) + y * (gain * np.sin(light))
     pixels = np.where(pattern[..., None], ink, base) * shade[..., None]
     m = obj.mask[y0:y1, x0:x1]
@@ -274,8 +280,8 @@ def _background(rng, hw: tuple[int, int]) -> np.ndarray:
     n = int(rng.integers(8, 21))
     kinds, thick = rng.integers(3, size=n).tolist(), rng.integers(1, 3, size=n).tolist()
     colours = rng.uniform(0, 255, (n, 3)).tolist()
-    walks = rng.uniform(0, 1, (n, 1, 2)) * (w, h) + np.cumsum(rng.uniform(-0.1, 0.1, (n, 4, 2)), 1) * min(hw)
-    walks = np.round(walks).astype(np.int32)
+    steps = np.cumsum(rng.uniform(-0.1, 0.1, (n, 4, 2)), 1) * min(hw)
+    walks = np.round(rng.uniform(0, 1, (n, 1, 2)) * (w, h) + steps).astype(np.int32)
     for kind, t, colour, walk in zip(kinds, thick, colours, walks):
         if kind == 0:
             cv2.line(canvas, walk[0].tolist(), (3 * walk[1] - 2 * walk[0]).tolist(), colour, t)

@@ -86,8 +86,8 @@ class VOC2007:
         for row, objs in zip(self.labels, self.objects):
             for o in objs:
                 if o.name not in column:
-                    raise DatasetLayoutError(f"VOC2007 {split}: class {o.name!r} in an annotation is not "
-                                             f"in the class list {self.classes} (from {main})")
+                    raise DatasetLayoutError(f"VOC2007 {split}: class {o.name!r} in an annotation "
+                                             f"is not in the class list {self.classes} ({main})")
                 k = column[o.name]
                 row[k] = 1 if not o.difficult else (row[k] or -1)
 

@@ -1,0 +1,33 @@
+import json
+
+import pytest
+
+from orl_bench.results.paper import load_reference
+from orl_bench.results.records import append_records, load_records, records_path
+from orl_bench.results.report import summarize, to_csv, to_markdown
+
+
+def record(value, seed, method="byol", **extra):
+    return {"task": "voc07_svm", "metric": "mAP", "value": value, "method": method, "artifact_sha256": "s",
+            "recipe": "default", "dataset": "synth", "config_hash": "h", "git_revision": "g", "device": "cpu",
+            "wall_time_s": 1.0, "timestamp": "t", "layer": "res5", "seed": seed, **extra}
+
+
+def test_seeds_are_aggregated_with_the_paper_number_beside(tmp_path):
+    append_records(tmp_path, [record(30.0, 0), record(32.0, 1), record(34.0, 2), record(25.0, 0, "random")])
+    rows = summarize(load_records(tmp_path), load_reference())
+    byol = next(r for r in rows if r["method"] == "byol")
+    assert byol["mean"] == pytest.approx(32.0) and byol["std"] == pytest.approx(2.0) and byol["n"] == 3
+    assert byol["paper"] == 84.5 and byol["seeds"] == [0, 1, 2]
+    assert next(r for r in rows if r["method"] == "random")["paper"] == 9.6
+    assert "32.00 ± 2.00" in to_markdown(rows) and "84.5" in to_markdown(rows)
+    assert to_csv(rows).splitlines()[0].startswith("task,metric,layer")
+
+
+def test_records_are_appended_all_or_none(tmp_path):
+    append_records(tmp_path, [record(1.0, 0)])
+    bad = record(2.0, 1)
+    del bad["device"]
+    with pytest.raises(ValueError, match="device"):
+        append_records(tmp_path, [record(3.0, 2), bad])
+    assert [json.loads(line)["value"] for line in records_path(tmp_path).read_text().splitlines()] == [1.0]

@@ -1,0 +1,108 @@
+"""Bad input gets a clear error naming what was wrong and what was expected, and leaves no
+half-written artifact or record behind."""
+import json
+import shutil
+
+import pytest
+import torch
+import torchvision
+
+from orl_bench import pipeline
+from orl_bench.cli import main
+from orl_bench.engine.distributed import DistInfo
+from orl_bench.results.records import records_path
+
+CPU = DistInfo(0, 1, 0, torch.device("cpu"))
+
+
+def cli(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def no_partial_files(workdir):
+    leftovers = [p for p in workdir.rglob("*") if p.name.endswith(".tmp") or ".tmp" in p.name]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+
+
+def test_missing_voc_path_names_the_expected_layout(capsys, workdir):
+    code, _, err = cli(capsys, "run", "--method", "random", "--task", "voc07_svm", "--recipe", "tiny",
+                       "--workdir", str(workdir), "--set", "task.data.source=voc2007",
+                       "--set", f"task.data.root={workdir / 'nowhere'}")
+    assert code == 2
+    assert "VOCdevkit" in err and "JPEGImages" in err and "Annotations" in err
+    assert not records_path(workdir).exists()
+    no_partial_files(workdir)
+
+
+def test_missing_coco_location_names_the_setting_and_variable(capsys, workdir, monkeypatch):
+    monkeypatch.delenv("ORL_BENCH_COCO", raising=False)
+    code, _, err = cli(capsys, "pretrain", "--method", "byol", "--recipe", "tiny", "--workdir", str(workdir),
+                       "--set", "data.source=coco")
+    assert code == 2 and "data.root" in err and "ORL_BENCH_COCO" in err
+    code, _, err = cli(capsys, "pretrain", "--method", "byol", "--recipe", "tiny", "--workdir", str(workdir),
+                       "--set", "data.source=coco", "--set", f"data.root={workdir}")
+    assert code == 2 and "train2017" in err and "instances_train2017.json" in err
+
+
+def test_unknown_method_and_task_list_the_valid_names(capsys, workdir):
+    code, _, err = cli(capsys, "run", "--method", "byoll", "--task", "voc07_svm", "--recipe", "tiny",
+                       "--workdir", str(workdir))
+    assert code == 2 and "unknown method 'byoll'" in err and "byol" in err
+    code, _, err = cli(capsys, "run", "--method", "byol", "--task", "voc_svm", "--recipe", "tiny",
+                       "--workdir", str(workdir))
+    assert code == 2 and "voc07_svm" in err
+
+
+def test_unknown_config_key_names_the_closest(capsys, workdir):
+    code, _, err = cli(capsys, "pretrain", "--method", "byol", "--recipe", "tiny", "--workdir", str(workdir),
+                       "--set", "optim.lrr=1")
+    assert code == 2 and "did you mean 'lr'" in err
+
+
+def test_checkpoint_with_wrong_keys_is_a_strict_error_listing_them(capsys, workdir, tmp_path):
+    state = torchvision.models.resnet18().state_dict()
+    state["layer9.weight"] = state.pop("layer4.1.conv2.weight")
+    torch.save(state, tmp_path / "bad.pth")
+    code, _, err = cli(capsys, "run", "--task", "voc07_svm", "--recipe", "tiny", "--workdir", str(workdir),
+                       "--checkpoint", str(tmp_path / "bad.pth"), "--arch", "resnet18")
+    assert code == 2
+    assert "missing keys (1): layer4.1.conv2.weight" in err and "unexpected keys (1): layer9.weight" in err
+    assert not records_path(workdir).exists()
+
+
+def test_torchvision_checkpoint_with_classifier_is_accepted(capsys, workdir, tmp_path):
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "tv.pth")
+    code, out, err = cli(capsys, "run", "--task", "voc07_svm", "--recipe", "tiny", "--workdir", str(workdir),
+                         "--checkpoint", str(tmp_path / "tv.pth"), "--arch", "resnet18", "--label", "supervised")
+    assert code == 0, err
+    records = [json.loads(line) for line in records_path(workdir).read_text().splitlines()]
+    assert {r["method"] for r in records} == {"supervised"} and all(r["recipe"] == "external" for r in records)
+
+
+def test_corrupt_images_are_skipped_counted_logged_and_recorded(tmp_path, tiny_data):
+    home = tmp_path / "home"
+    shutil.copytree(tiny_data, home / "data")
+    synth = next((home / "data").glob("synth-*"))
+    (sorted((synth / "coco" / "train2017").glob("*.jpg"))[3]).write_bytes(b"\xff\xd8 not a jpeg")
+    (sorted((synth / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))[0]).write_bytes(b"")
+    cfg = pipeline.load_pretrain_config("byol", "tiny", ["train.epochs=1"])
+    folder, _ = pipeline.ensure_pretrained(cfg, "tiny", home, CPU)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["unreadable_images"] == 1
+    events = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert [e["count"] for e in events if e.get("event") == "unreadable_images"] == [1]
+    records = pipeline.evaluate(pipeline.load_task_config("voc07_svm", "tiny", []), pipeline.artifact_ref(folder),
+                                home, torch.device("cpu"), {"config_hash": "x"})
+    assert all(r["unreadable_images"] == 1 for r in records)
+    assert all(r["images"]["trainval"] + r["images"]["test"] == 159 for r in records)
+
+
+def test_failed_pretraining_leaves_no_artifact(capsys, workdir):
+    code, _, err = cli(capsys, "pretrain", "--method", "byol", "--recipe", "tiny", "--workdir", str(workdir),
+                       "--set", "train.batch_size=4096")
+    assert code == 2 and "cannot fill one global batch" in err
+    assert not list((workdir / "artifacts").rglob("manifest.json"))
+    assert not list((workdir / "artifacts").rglob("backbone.safetensors"))
+    no_partial_files(workdir)
