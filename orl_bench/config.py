@@ -35,6 +35,11 @@ def volatile(default: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class NoParams:
+    """The options schema of a plugin that has none."""
+
+
+@dataclass(frozen=True)
 class DataConfig:
     source: str = "synth"  # synth | coco | coco_plus | voc2007
     root: str | None = volatile(None)  # real data location; else ORL_BENCH_<SOURCE> env variable
@@ -145,31 +150,22 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()})
 
 
-def to_dict(obj: Any) -> Any:
-    """Plain-data view of a config (tuples become lists), for YAML/JSON and hashing."""
+def to_dict(obj: Any, for_hash: bool = False) -> Any:
+    """Plain-data view of a config (tuples become lists), for YAML/JSON; `for_hash` leaves out
+    the volatile fields."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name), for_hash) for f in dataclasses.fields(obj)
+                if not for_hash or f.metadata.get("hash", True)}
     if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
+        return [to_dict(v, for_hash) for v in obj]
     if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
-def _hashable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _hashable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if f.metadata.get("hash", True)}
-    if isinstance(obj, (list, tuple)):
-        return [_hashable(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _hashable(v) for k, v in obj.items()}
+        return {k: to_dict(v, for_hash) for k, v in obj.items()}
     return obj
 
 
 def config_hash(obj: Any) -> str:
     """sha256 of the canonical JSON of everything that changes results (volatile fields out)."""
-    blob = json.dumps(_hashable(obj), sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(to_dict(obj, for_hash=True), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -3,7 +3,6 @@ half-written artifact or record behind."""
 import json
 import shutil
 
-import pytest
 import torch
 import torchvision
 

@@ -8,7 +8,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from pathlib import Path
 from typing import Any

@@ -12,14 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from orl_bench.config import PretrainConfig, from_dict
+from orl_bench.config import NoParams, PretrainConfig, from_dict
 from orl_bench.data.pretrain_dataset import ViewsDataset
 from orl_bench.models.backbones import ResNet, build_backbone
-
-
-@dataclass(frozen=True)
-class NoParams:
-    pass
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from orl_bench.config import TaskConfig, from_dict
+from orl_bench.config import NoParams, TaskConfig, from_dict
 from orl_bench.models.backbones import ResNet
-
-
-@dataclass(frozen=True)
-class NoParams:
-    pass
 
 
 @dataclass(frozen=True)

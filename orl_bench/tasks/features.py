@@ -6,7 +6,6 @@ adaptively to the same output grid, so every layer keeps its spatial layout.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 

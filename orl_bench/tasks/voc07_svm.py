@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from orl_bench.config import volatile
 from orl_bench.data.sources import voc07

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import REPO

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from orl_bench import pipeline
-from orl_bench.config import PretrainConfig, from_dict, load_yaml_recipe, recipe_root
+from orl_bench.config import PretrainConfig, load_yaml_recipe, recipe_root
 from orl_bench.engine.checkpoint import load_backbone
 from orl_bench.engine.distributed import DistInfo
 from orl_bench.methods.base import Progress, byol_loss, ema_update, momentum_at

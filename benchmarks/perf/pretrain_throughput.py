@@ -1,0 +1,101 @@
+"""Pretraining throughput: the data pipeline alone, the model step alone on in-memory batches
+(the upper bound), and both together, for one method and recipe. Writes JSON with the device.
+
+    python benchmarks/perf/pretrain_throughput.py --method byol --recipe default --steps 30
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from orl_bench import pipeline
+from orl_bench.data.pretrain_dataset import EpochSampler, collate_skipping_unreadable
+from orl_bench.data.sources import pretrain_images
+from orl_bench.engine.distributed import DistInfo
+from orl_bench.engine.optim import build_optimizer, scaled_lr
+from orl_bench.engine.trainer import autocast_dtype, build_method, to_device
+from orl_bench.io import atomic_write_json
+from orl_bench.methods.base import Progress
+from orl_bench.provenance import device_name, git_revision
+
+
+def timed(fn, steps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", default="byol")
+    parser.add_argument("--recipe", default="default")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--workdir", default="orl_bench_home")
+    parser.add_argument("--out", default=None, help="default: results/perf/pretrain_<method>_<recipe>.json")
+    args = parser.parse_args()
+
+    cfg = pipeline.load_pretrain_config(args.method, args.recipe, args.overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    info = DistInfo(0, 1, 0, device)
+    method = build_method(cfg, info)
+    images = pretrain_images(cfg.data, Path(args.workdir))
+    b = cfg.train.batch_size
+    dataset = method.make_dataset(images.paths)
+    sampler = EpochSampler(len(dataset), b, cfg.train.seed)
+    loader = DataLoader(dataset, batch_size=b, sampler=sampler, num_workers=cfg.train.num_workers,
+                        collate_fn=collate_skipping_unreadable, pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.train.num_workers > 0, drop_last=True)
+    batches = itertools.cycle(iter(loader))  # cycles over the first epoch's batches after one pass
+    first, _ = next(batches)
+    in_memory = to_device(first, device, cfg.train.channels_last)
+    optimizer = build_optimizer(method, cfg.optim, scaled_lr(cfg.optim, b))
+    amp = autocast_dtype(cfg.train.amp, device)
+    progress = Progress(0, 1000, 0)
+
+    def model_step(batch) -> None:
+        ctx = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
+        with ctx:
+            loss = method(batch, progress)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        method.after_step(progress)
+
+    load_only = timed(lambda: next(batches), args.steps, args.warmup)
+    model_only = timed(lambda: model_step(in_memory), args.steps, args.warmup)
+    end_to_end = timed(lambda: model_step(to_device(next(batches)[0], device, cfg.train.channels_last)),
+                       args.steps, args.warmup)
+    n = args.steps * b
+    result = {
+        "benchmark": "pretrain_throughput", "method": args.method, "recipe": args.recipe,
+        "overrides": args.overrides, "arch": cfg.model.arch, "width": cfg.model.width, "batch": b,
+        "view_size": cfg.method.get("views", {}).get("size"), "num_workers": cfg.train.num_workers,
+        "torch_threads": torch.get_num_threads(), "amp": str(amp),
+        "images_per_s": {"data_only": round(n / load_only, 1), "model_only": round(n / model_only, 1),
+                         "end_to_end": round(n / end_to_end, 1)},
+        "end_to_end_over_model_only": round(model_only / end_to_end, 3),
+        "device": device_name(device), "git_revision": git_revision(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    out = Path(args.out or f"results/perf/pretrain_{args.method}_{args.recipe}.json")
+    atomic_write_json(out, result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
