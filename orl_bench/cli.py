@@ -64,8 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         ref = pipeline.artifact_ref(folder)
         extra = {"config_hash": pipeline.config_hash(cfg), "seed": cfg.train.seed}
     t_eval = time.perf_counter()
-    records = pipeline.evaluate(task_cfg, ref, workdir, info.device, extra)
-    timings.update({"eval_s": round(time.perf_counter() - t_eval, 2), "total_s": round(time.perf_counter() - t0, 2)})
+    records, reused = pipeline.evaluate(task_cfg, ref, workdir, info.device, extra)
+    timings.update({"eval_s": round(time.perf_counter() - t_eval, 2), "eval_reused": reused,
+                    "total_s": round(time.perf_counter() - t0, 2)})
     print(to_markdown(summarize(records, load_reference())))
     print("timings: " + json.dumps(timings))
     print(f"records appended to {records_path(workdir)}")
@@ -94,7 +95,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ref = pipeline.checkpoint_ref(Path(args.checkpoint), args.arch, args.width, args.label)
         config_hash = ref.sha256
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    records = pipeline.evaluate(task_cfg, ref, workdir, device, {"config_hash": config_hash})
+    records, reused = pipeline.evaluate(task_cfg, ref, workdir, device, {"config_hash": config_hash})
+    if reused:
+        print("(stored records for this backbone and task config; delete them from the record store to recompute)")
     print(to_markdown(summarize(records, load_reference())))
     return 0
 

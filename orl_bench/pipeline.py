@@ -7,7 +7,7 @@ complete, resumed when a train_state.pt is there, and built otherwise. Features 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from orl_bench.io import atomic_write_text, file_lock, sha256_file
 from orl_bench.models.backbones import build_backbone
 from orl_bench.provenance import device_name, git_revision
 from orl_bench.registry import METHODS, TASKS
-from orl_bench.results.records import append_records, now_iso
+from orl_bench.results.records import append_records, load_records, now_iso
 from orl_bench.tasks.base import BackboneRef
 
 RANDOM = "random"  # not a plugin: the randomly initialised backbone of a recipe, as a baseline row
@@ -109,22 +109,24 @@ def checkpoint_ref(path: Path, arch: str, width: int, label: str) -> BackboneRef
 
 
 def evaluate(task_cfg: TaskConfig, ref: BackboneRef, workdir: Path, device: torch.device,
-             extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Run one task on one backbone and append its records (all or none) to the record store."""
+             extra: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], bool]:
+    """Run one task on one backbone and append its records (all or none) to the record store.
+
+    Evaluation is deterministic, so records already stored for the same backbone (sha256) and
+    task config (hash) are returned instead of recomputed. Returns (records, reused).
+    """
+    task_hash = config_hash(task_cfg)
+    stored = [r for r in load_records(workdir) if r["task"] == task_cfg.name
+              and r["artifact_sha256"] == ref.sha256 and r.get("task_config_hash") == task_hash]
+    if stored:
+        return stored, True
     t0 = time.perf_counter()
     task = TASKS.get(task_cfg.name)(task_cfg, workdir, device)
     rows = task.evaluate(ref)
     wall = round(time.perf_counter() - t0, 2)
     common = {"task": task_cfg.name, "method": ref.method, "artifact_sha256": ref.sha256, "artifact": ref.path,
-              "recipe": ref.recipe, "task_config_hash": config_hash(task_cfg), "git_revision": git_revision(),
+              "recipe": ref.recipe, "task_config_hash": task_hash, "git_revision": git_revision(),
               "device": device_name(device), "wall_time_s": wall, "timestamp": now_iso(), **(extra or {})}
     records = [{**common, **row} for row in rows]
     append_records(workdir, records)
-    return records
-
-
-@dataclass
-class RunResult:
-    records: list[dict[str, Any]]
-    timings: dict[str, Any]
-    artifact: Path | None
+    return records, False

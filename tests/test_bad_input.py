@@ -92,7 +92,7 @@ def test_corrupt_images_are_skipped_counted_logged_and_recorded(tmp_path, tiny_d
     assert manifest["unreadable_images"] == 1
     events = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     assert [e["count"] for e in events if e.get("event") == "unreadable_images"] == [1]
-    records = pipeline.evaluate(pipeline.load_task_config("voc07_svm", "tiny", []), pipeline.artifact_ref(folder),
+    records, _ = pipeline.evaluate(pipeline.load_task_config("voc07_svm", "tiny", []), pipeline.artifact_ref(folder),
                                 home, torch.device("cpu"), {"config_hash": "x"})
     assert all(r["unreadable_images"] == 1 for r in records)
     assert all(r["images"]["trainval"] + r["images"]["test"] == 159 for r in records)

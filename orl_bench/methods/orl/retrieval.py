@@ -1,7 +1,7 @@
 """Image kNN (PROTOCOLS 2.2) and RoI pair retrieval (PROTOCOLS 2.6), deterministic.
 
-Ties are broken by index everywhere, so the same embeddings always give the same artifact,
-whatever the hardware; the official code's `torch.topk` leaves tie order unspecified.
+Equal scores are ordered by index rather than left to the library (the official code's
+`torch.topk` leaves tie order unspecified), so equal inputs give equal artifacts.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def knn(embeddings: np.ndarray, k: int) -> np.ndarray:
     drops the first of the top k+1, which with exact duplicate images may be the duplicate
     rather than the image itself. Here the top k+1 are searched and the entry equal to the query's
     own position is removed wherever it appears; if it is absent (more than k exact duplicates
-    outranked it), the last entry is dropped. Equal similarities are ordered by position.
+    outranked it), the last entry is dropped. Equal similarities among the k+1 found are ordered
+    by position; which of several entries tied at the k+1 boundary are found is faiss's choice.
     """
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     if x.ndim != 2:
