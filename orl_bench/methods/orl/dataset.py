@@ -1,0 +1,164 @@
+"""ORL stage-3 samples (PROTOCOLS 3): two global views, an intra-RoI pair, an inter-RoI pair.
+
+Every random choice (views, box, jitter, neighbour, pair, patch augmentation) runs under
+`seeded_call(seed, key)`, so a sample depends only on (seed, epoch, index): resumable and
+independent of the number of loader workers, like the BYOL views.
+
+Fallbacks (counted at construction, reported in `fallbacks` and by a warning; the loss weights
+never change, every sample contributes to all three branches):
+- an image without boxes uses the whole image as its one box (its intra pair is then the whole
+  image and, usually, an identical copy, because jittering a full-image box rarely fits inside);
+- an image whose neighbours hold no pairs (no boxes, or empty pair lists) uses its intra boxes as
+  the inter pair. Neighbours with an empty pair list are skipped when drawing the neighbour;
+- a neighbour image that cannot be read falls back the same way for that sample; the file itself
+  is counted as unreadable when it is drawn as a query in the same epoch.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.ops import box_convert, box_iou
+from torchvision.transforms import v2
+
+from orl_bench.data.images import UnreadableImageError, read_rgb
+from orl_bench.data.views import normalize, photometric, seeded_call, view_transform
+from orl_bench.methods.orl.correspondence import CorrespondenceError, Correspondences
+
+if TYPE_CHECKING:
+    from orl_bench.methods.orl.method import ORLParams
+
+Box = tuple[float, float, float, float]  # x, y, w, h in pixels
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+JITTER_AREA = (0.5, 2.0)
+JITTER_ASPECT = (0.5, 2.0)  # of the new box itself (w / h), as the official code draws it
+JITTER_SHIFT = 0.5  # centre moves by U(-0.5, 0.5) x w and x h
+JITTER_MIN_IOU = 0.5
+JITTER_TRIES = 200
+
+
+def jitter_box(box: Box, image_wh: tuple[int, int], generator: torch.Generator | None = None) -> Box:
+    """A random variant of `box` inside the image with IoU > 0.5 (PROTOCOLS 3), or `box` itself.
+
+    All 200 tries are drawn at once and the first valid one is kept: the same distribution as
+    trying one at a time, and a fixed number of draws, so the RNG stream after the call does not
+    depend on the box. `generator=None` uses torch's global RNG (as under `seeded_call`).
+    Boxes stay in float pixels; cropping rounds them.
+    """
+    x, y, w, h = (float(v) for v in box)
+    u = torch.rand(JITTER_TRIES, 4, generator=generator, dtype=torch.float64)
+    area = w * h * (JITTER_AREA[0] + (JITTER_AREA[1] - JITTER_AREA[0]) * u[:, 0])
+    lo, hi = math.log(JITTER_ASPECT[0]), math.log(JITTER_ASPECT[1])
+    aspect = torch.exp(lo + (hi - lo) * u[:, 1])
+    size = torch.stack([torch.sqrt(area * aspect), torch.sqrt(area / aspect)], dim=1)
+    centre = torch.tensor([x + w / 2, y + h / 2], dtype=torch.float64) \
+        + (2 * u[:, 2:] - 1) * JITTER_SHIFT * torch.tensor([w, h], dtype=torch.float64)
+    candidates = torch.cat([centre - size / 2, centre + size / 2], dim=1)  # xyxy
+    inside = (candidates[:, :2] >= 0).all(dim=1) \
+        & (candidates[:, 2:] <= torch.tensor(image_wh, dtype=torch.float64)).all(dim=1)
+    original = box_convert(torch.tensor([[x, y, w, h]], dtype=torch.float64), "xywh", "xyxy")
+    valid = inside & (box_iou(candidates, original)[:, 0] > JITTER_MIN_IOU)
+    if not valid.any():
+        return (x, y, w, h)
+    first = int(valid.nonzero()[0, 0])
+    return tuple(box_convert(candidates[first:first + 1], "xyxy", "xywh")[0].tolist())
+
+
+def crop_resize(pixels: torch.Tensor, box: Box, size: int) -> torch.Tensor:
+    """Crop `box` (rounded to whole pixels, clipped to the image, >= 1 px) and resize it to
+    size x size, bilinear with antialiasing like PIL's resize in the official code."""
+    height, width = pixels.shape[-2:]
+    x, y, w, h = box
+    left, top = min(max(round(x), 0), width - 1), min(max(round(y), 0), height - 1)
+    right, bottom = min(max(round(x + w), left + 1), width), min(max(round(y + h), top + 1), height)
+    return v2.functional.resized_crop(pixels, top, left, bottom - top, right - left, [size, size],
+                                      interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+
+
+def _randint(n: int) -> int:
+    return int(torch.randint(n, ()))
+
+
+class ORLDataset(Dataset):
+    """Indexed by sampler keys (epoch * N + index). Returns
+    (index, ((global1, global2), (intra1, intra2), (inter1, inter2))), or (index, None) when the
+    image cannot be read, for `collate_skipping_unreadable`."""
+
+    def __init__(self, paths: list[Path], correspondences: Correspondences, params: ORLParams,
+                 seed: int):
+        self.paths = [Path(p) for p in paths]
+        c = correspondences
+        c.validate(n_images=len(self.paths))
+        for i, (path, name) in enumerate(zip(self.paths, c.file_names, strict=True)):
+            if path.name != Path(name).name:
+                raise CorrespondenceError(f"image {i}: the dataset lists {path}, the "
+                                          f"correspondences {name}; they must list the same "
+                                          "images in the same order")
+        self.boxes = c.boxes
+        self.knn = c.knn
+        self.pairs = c.pairs
+        # Per image, the neighbours (columns of knn) that hold at least one pair.
+        self.usable = [[k for k, p in enumerate(row) if len(p)] for row in c.pairs]
+        self.fallbacks = {"images": len(self.paths),
+                          "no_boxes": sum(len(b) == 0 for b in c.boxes),
+                          "no_pairs": sum(not u for u in self.usable)}
+        if self.fallbacks["no_boxes"] or self.fallbacks["no_pairs"]:
+            warnings.warn(f"ORL stage 3: {self.fallbacks['no_boxes']} of {len(self.paths)} images "
+                          "have no boxes (their intra pair uses the whole image) and "
+                          f"{self.fallbacks['no_pairs']} have no inter pairs (they reuse their "
+                          "intra boxes)", stacklevel=2)
+        self.global_views = (view_transform(params.views, 1), view_transform(params.views, 2))
+        self.patch_size = params.patch_size
+        self.patch_views = {which: v2.Compose([*photometric(params.views, which, params.patch_size),
+                                               normalize()]) for which in (1, 2)}
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: int) -> tuple[int, tuple[Pair, Pair, Pair] | None]:
+        index = key % len(self.paths)
+        try:
+            image = read_rgb(self.paths[index])
+        except UnreadableImageError:
+            return index, None
+        return index, seeded_call(self.seed, key, lambda: self._sample(index, image))
+
+    def _sample(self, index: int, image: Image.Image) -> tuple[Pair, Pair, Pair]:
+        views = (self.global_views[0](image), self.global_views[1](image))
+        pixels = v2.functional.pil_to_tensor(image)
+        boxes = self.boxes[index]
+        box = tuple(boxes[_randint(len(boxes))].tolist()) if len(boxes) else (0, 0, *image.size)
+        intra = (box, jitter_box(box, image.size))
+        other_pixels, inter = self._inter_boxes(index, intra, pixels)
+        return (views,
+                (self._patch(pixels, intra[0], 1), self._patch(pixels, intra[1], 2)),
+                (self._patch(pixels, inter[0], 1), self._patch(other_pixels, inter[1], 2)))
+
+    def _inter_boxes(self, index: int, intra: tuple[Box, Box],
+                     pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[Box, Box]]:
+        """A uniform neighbour among those with pairs, then a uniform pair: the neighbour's
+        pixels and the (query box, neighbour box); the intra pair when there is none."""
+        usable = self.usable[index]
+        if not usable:
+            return pixels, intra
+        k = usable[_randint(len(usable))]
+        pairs = self.pairs[index][k]
+        query, other = (int(v) for v in pairs[_randint(len(pairs))])
+        neighbour = int(self.knn[index, k])
+        try:
+            other_image = read_rgb(self.paths[neighbour])
+        except UnreadableImageError:
+            return pixels, intra
+        return (v2.functional.pil_to_tensor(other_image),
+                (tuple(self.boxes[index][query].tolist()), tuple(self.boxes[neighbour][other].tolist())))
+
+    def _patch(self, pixels: torch.Tensor, box: Box, which: int) -> torch.Tensor:
+        """Crop-and-resize, then the photometric chain with view `which` (1 or 2) probabilities."""
+        return self.patch_views[which](crop_resize(pixels, box, self.patch_size))
