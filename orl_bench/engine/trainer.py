@@ -109,6 +109,9 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
             if bad and not unreadable.issuperset(bad):
                 unreadable.update(bad)
                 log.event("unreadable_images", count=len(unreadable), paths=[str(image_paths[i]) for i in bad])
+            if batch is None:
+                raise RuntimeError(f"every image of a batch was unreadable ({len(bad)} images, e.g. "
+                                   f"{image_paths[bad[0]]}); check the dataset")
             lr = lr_at(step, max_steps, warmup_steps, peak_lr, cfg.optim.final_lr_fraction)
             set_lr(optimizer, lr)
             progress = Progress(step, max_steps, epoch)
