@@ -69,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     "total_s": round(time.perf_counter() - t0, 2)})
     print(to_markdown(summarize(records, load_reference())))
     print("timings: " + json.dumps(timings))
-    print(f"records appended to {records_path(workdir)}")
+    print(f"records {'already stored' if reused else 'appended'} in {records_path(workdir)}")
     return 0
 
 
