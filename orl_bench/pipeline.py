@@ -6,6 +6,7 @@ complete, resumed when a train_state.pt is there, and built otherwise. Features 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -78,12 +79,16 @@ def ensure_pretrained(cfg: PretrainConfig, recipe: str, workdir: Path, info: Dis
     out.mkdir(parents=True, exist_ok=True)
     extra = {"recipe": recipe, "data": {"source": cfg.data.source, "key": images.key, "images": len(images.paths)},
              "created": now_iso()}
-    with file_lock(out / "build"):  # a second concurrent run waits, then reuses
+    # A second concurrent run waits for the first, then reuses its artifact. Only rank 0 takes
+    # the lock: the other ranks of this run must not block on it while rank 0 trains with them.
+    with file_lock(out / "build") if info.is_main else contextlib.nullcontext():
+        barrier(info)
         if not is_complete(out):
-            if cfg.method["name"] == RANDOM:
-                export_random(cfg, out, extra)
-            else:
+            if cfg.method["name"] != RANDOM:
                 pretrain(cfg, out, images.paths, extra, info)
+            elif info.is_main:
+                export_random(cfg, out, extra)
+        barrier(info)
     return out, {"data_s": round(t_data, 2), "pretrain_s": round(time.perf_counter() - t0 - t_data, 2),
                  "pretrain_reused": False}
 

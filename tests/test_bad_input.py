@@ -3,6 +3,8 @@ half-written artifact or record behind."""
 import json
 import shutil
 
+import pytest
+
 import torch
 import torchvision
 
@@ -105,3 +107,10 @@ def test_failed_pretraining_leaves_no_artifact(capsys, workdir):
     assert not list((workdir / "artifacts").rglob("manifest.json"))
     assert not list((workdir / "artifacts").rglob("backbone.safetensors"))
     no_partial_files(workdir)
+
+
+def test_sync_bn_on_a_distributed_cpu_run_is_a_clear_error():
+    from orl_bench.engine.trainer import build_method
+    cfg = pipeline.load_pretrain_config("byol", "tiny", ["train.sync_bn=true"])
+    with pytest.raises(ValueError, match="train.sync_bn=false"):
+        build_method(cfg, DistInfo(0, 2, 0, torch.device("cpu")))

@@ -44,6 +44,9 @@ def build_method(cfg: PretrainConfig, info: DistInfo) -> Method:
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     method: Method = METHODS.get(cfg.method["name"])(cfg)
     if info.distributed and cfg.train.sync_bn:
+        if info.device.type != "cuda":
+            raise ValueError("train.sync_bn=true needs CUDA (torch's SyncBatchNorm is GPU-only); "
+                             "set train.sync_bn=false for a distributed CPU run (per-process BN statistics)")
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     method.to(info.device)
     if info.device.type == "cuda" and cfg.train.channels_last:
@@ -143,7 +146,8 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
                 "global_batch": t.batch_size, "unreadable_images": len(unreadable),
                 "train_wall_s_this_run": round(wall, 2), "steps_this_run": step - start_step,
                 "git_revision": git_revision(), "device": device_name(info.device),
-                "world_size": info.world_size, "torch": torch.__version__}
+                "world_size": info.world_size, "sync_bn": info.distributed and cfg.train.sync_bn,
+                "torch": torch.__version__}
     if info.is_main:
         manifest = export_artifact(artifact_dir, method.backbone, manifest)
     barrier(info)
