@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-from orl_bench.config import (ConfigError, PretrainConfig, TaskConfig, apply_overrides, config_hash, dump_yaml,
-                              find_recipe, from_dict, load_yaml_recipe, validate_params)
+from orl_bench.config import (ConfigError, PretrainConfig, TaskConfig, apply_overrides, config_hash, find_recipe, from_dict, load_yaml_recipe, validate_params)
 from orl_bench.data.sources import pretrain_images
-from orl_bench.engine.checkpoint import export_artifact, is_complete, load_backbone, load_torchvision_state_dict
+from orl_bench.engine.checkpoint import (export_artifact, is_complete, load_backbone, load_torchvision_state_dict,
+                                         write_config)
 from orl_bench.engine.distributed import DistInfo, barrier
 from orl_bench.engine.trainer import pretrain
-from orl_bench.io import atomic_write_text, file_lock, sha256_file
+from orl_bench.io import file_lock, sha256_file
 from orl_bench.models.backbones import build_backbone
 from orl_bench.provenance import device_name, git_revision
 from orl_bench.registry import METHODS, TASKS
@@ -96,7 +96,7 @@ def ensure_pretrained(cfg: PretrainConfig, recipe: str, workdir: Path, info: Dis
 def export_random(cfg: PretrainConfig, out: Path, extra: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.model.arch, cfg.model.width)
-    atomic_write_text(out / "config.yaml", f"# config_hash: {config_hash(cfg)}\n{dump_yaml(cfg)}")
+    write_config(out, cfg)
     export_artifact(out, backbone, {**extra, "method": RANDOM, "config_hash": config_hash(cfg),
                                     "arch": cfg.model.arch, "width": cfg.model.width, "epochs": 0,
                                     "git_revision": git_revision(), "torch": torch.__version__})

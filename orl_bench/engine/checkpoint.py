@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from orl_bench.io import atomic_write, atomic_write_json, sha256_file
+from orl_bench.config import config_hash, dump_yaml
+from orl_bench.io import atomic_write, atomic_write_json, atomic_write_text, sha256_file
 from orl_bench.models.backbones import ResNet, build_backbone
 
 MANIFEST = "manifest.json"
@@ -28,6 +29,11 @@ ALLOWED_EXTRA_KEYS = ("fc.weight", "fc.bias")
 
 class CheckpointError(ValueError):
     pass
+
+
+def write_config(artifact_dir: Path, cfg: Any) -> None:
+    """The resolved config beside the artifact, with its hash on the first line."""
+    atomic_write_text(Path(artifact_dir) / "config.yaml", f"# config_hash: {config_hash(cfg)}\n{dump_yaml(cfg)}")
 
 
 def rng_state() -> dict[str, Any]:

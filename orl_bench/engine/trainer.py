@@ -17,13 +17,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from orl_bench.config import PretrainConfig, config_hash, dump_yaml
+from orl_bench.config import PretrainConfig, config_hash
 from orl_bench.data.pretrain_dataset import EpochSampler, collate_skipping_unreadable
-from orl_bench.engine.checkpoint import (TRAIN_STATE, export_artifact, load_train_state, rng_state,
+from orl_bench.engine.checkpoint import (TRAIN_STATE, export_artifact, load_train_state, rng_state, write_config,
                                          save_train_state, set_rng_state)
 from orl_bench.engine.distributed import DistInfo, all_reduce_mean, barrier
 from orl_bench.engine.optim import build_optimizer, lr_at, scaled_lr, set_lr
-from orl_bench.io import atomic_write_text
 from orl_bench.logging import RunLogger
 from orl_bench.methods.base import Method, Progress
 from orl_bench.provenance import device_name, git_revision
@@ -91,7 +90,7 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
         set_rng_state(state["rng"])
         step, unreadable = state["step"], set(state["unreadable"])
     if info.is_main:
-        atomic_write_text(artifact_dir / "config.yaml", f"# config_hash: {config_hash(cfg)}\n{dump_yaml(cfg)}")
+        write_config(artifact_dir, cfg)
     log = RunLogger(artifact_dir, info.is_main, total=max_steps, initial=step)
     if step:
         log.event("resume", step=step)
