@@ -22,6 +22,8 @@ from orl_bench.engine.checkpoint import CheckpointError, load_backbone
 from orl_bench.engine.distributed import init_distributed
 from orl_bench.engine.export import export
 from orl_bench.registry import METHODS, TASKS, RegistryError
+from orl_bench.methods.orl.correspondence import Correspondences
+from orl_bench.results.figures import correspondence_grid
 from orl_bench.results.paper import load_reference
 from orl_bench.results.records import load_records, records_path
 from orl_bench.results.report import summarize, to_csv, to_markdown
@@ -58,11 +60,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra, timings = {"config_hash": ref.sha256, "seed": None}, {}
     else:
         cfg = pipeline.load_pretrain_config(args.method, args.recipe, pre_over)
-        folder, timings = pipeline.ensure_pretrained(cfg, args.recipe, workdir, info)
+        folder, timings = pipeline.ensure_pretrained(cfg, args.recipe, workdir, info, pre_over)
         if not info.is_main:
             return 0
         ref = pipeline.artifact_ref(folder)
-        extra = {"config_hash": pipeline.config_hash(cfg), "seed": cfg.train.seed}
+        extra = pipeline.record_fields(cfg)
     t_eval = time.perf_counter()
     records, reused = pipeline.evaluate(task_cfg, ref, workdir, info.device, extra)
     timings.update({"eval_s": round(time.perf_counter() - t_eval, 2), "eval_reused": reused,
@@ -75,8 +77,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     info = init_distributed()
-    cfg = pipeline.load_pretrain_config(args.method, args.recipe, seed_overrides(args))
-    folder, timings = pipeline.ensure_pretrained(cfg, args.recipe, workdir_of(args), info)
+    overrides = seed_overrides(args)
+    cfg = pipeline.load_pretrain_config(args.method, args.recipe, overrides)
+    folder, timings = pipeline.ensure_pretrained(cfg, args.recipe, workdir_of(args), info, overrides)
     if info.is_main:
         print(f"artifact: {folder}\ntimings: {json.dumps(timings)}")
     return 0
@@ -90,12 +93,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("give exactly one of --artifact DIR (an orl-bench artifact) or --checkpoint FILE")
     if args.artifact:
         ref = pipeline.artifact_ref(Path(args.artifact))
-        config_hash = json.loads((Path(args.artifact) / "manifest.json").read_text())["config_hash"]
+        extra = pipeline.record_fields(pipeline.artifact_config(Path(args.artifact)))
     else:
         ref = pipeline.checkpoint_ref(Path(args.checkpoint), args.arch, args.width, args.label)
-        config_hash = ref.sha256
+        extra = {"config_hash": ref.sha256}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    records, reused = pipeline.evaluate(task_cfg, ref, workdir, device, {"config_hash": config_hash})
+    records, reused = pipeline.evaluate(task_cfg, ref, workdir, device, extra)
     if reused:
         print("(stored records for this backbone and task config; delete them from the record store to recompute)")
     print(to_markdown(summarize(records, load_reference())))
@@ -141,6 +144,22 @@ def cmd_data(args: argparse.Namespace) -> int:
     root = pipeline.pretrain_images(cfg, workdir_of(args))
     print(f"embedded scenes ready: {len(root.paths)} pretraining images ({root.key}) in "
           f"{time.perf_counter() - t0:.1f}s\n{dump_yaml(cfg.synth)}")
+    return 0
+
+
+def cmd_viz(args: argparse.Namespace) -> int:
+    workdir, info = workdir_of(args), init_distributed()
+    overrides = seed_overrides(args)
+    cfg = pipeline.load_pretrain_config(args.method, args.recipe, overrides)
+    images = pipeline.pretrain_images(cfg.data, workdir)
+    inputs, _ = pipeline.build_inputs(cfg, workdir, info, overrides, images)
+    if "correspondences" not in inputs:
+        raise ConfigError(f"method '{args.method}' has no stage-2 correspondences to draw (try --method orl)")
+    path = inputs["correspondences"]
+    out = Path(args.out or workdir / "figures" / f"pairs-{path.parent.name}.png")
+    queries = correspondence_grid(Correspondences.load(path, n_images=len(images.paths)), images.paths, out,
+                                  rows=args.rows, pairs_per_row=args.pairs, seed=args.sample_seed)
+    print(f"wrote {out} (query images at positions {queries}; pairs from {path})")
     return 0
 
 
@@ -201,6 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=("synth",))
     add_common(p)
     p.set_defaults(fn=cmd_data)
+
+    p = sub.add_parser("viz", help="figures; `viz pairs`: ORL's stage-2 RoI pairs across images (the paper's "
+                                   "Figure 3), building stages 1-2 of the recipe if needed")
+    p.add_argument("what", choices=("pairs",))
+    p.add_argument("--method", default="orl", help="a method with stage-2 correspondences")
+    p.add_argument("--seed", type=int, help="pretraining seed of the run whose pairs to draw")
+    p.add_argument("--rows", type=int, default=6, help="query images, one per row")
+    p.add_argument("--pairs", type=int, default=2, help="top-ranked pairs drawn per query image")
+    p.add_argument("--sample-seed", type=int, default=0, help="which query images are drawn")
+    p.add_argument("--out", help="PNG path (default <workdir>/figures/pairs-<stage-2 folder>.png)")
+    add_common(p)
+    p.set_defaults(fn=cmd_viz)
 
     p = sub.add_parser("export", help="convert an artifact's backbone for other frameworks")
     p.add_argument("artifact", help="artifact folder")

@@ -1,12 +1,16 @@
 """The artifact graph behind `orl-bench run`: data -> pretrain (or reuse) -> task -> records.
 
-A pretraining artifact lives at <workdir>/artifacts/<method>-<config hash>; it is reused when
-complete, resumed when a train_state.pt is there, and built otherwise. Features are cached per
+A pretraining artifact lives at <workdir>/artifacts/<method>-<key>, the key being its config hash
+(and its input files' hashes for a multi-stage method such as ORL, whose earlier stages are built
+first the same way); it is reused when complete, resumed when a train_state.pt is there, and
+built otherwise. Features are cached per
 (artifact, dataset, layer) by the tasks. Every step is safe to interrupt and re-run.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,12 +19,13 @@ from typing import Any
 import torch
 
 from orl_bench.config import (ConfigError, PretrainConfig, TaskConfig, apply_overrides, config_hash, find_recipe, from_dict, load_yaml_recipe, validate_params)
-from orl_bench.data.sources import pretrain_images
+from orl_bench.data.sources import ImageList, pretrain_images
 from orl_bench.engine.checkpoint import (export_artifact, is_complete, load_backbone, load_torchvision_state_dict,
                                          write_config)
 from orl_bench.engine.distributed import DistInfo, barrier
 from orl_bench.engine.trainer import pretrain
 from orl_bench.io import file_lock, sha256_file
+from orl_bench.methods.base import Method, StageContext
 from orl_bench.models.backbones import build_backbone
 from orl_bench.provenance import device_name, git_revision
 from orl_bench.registry import METHODS, TASKS
@@ -62,34 +67,77 @@ def load_task_config(task: str, recipe: str, overrides: list[str]) -> TaskConfig
     return cfg
 
 
-def artifact_dir(workdir: Path, cfg: PretrainConfig) -> Path:
-    return Path(workdir) / "artifacts" / f"{cfg.method['name']}-{config_hash(cfg)[:12]}"
+def artifact_dir(workdir: Path, cfg: PretrainConfig, input_hashes: dict[str, str] | None = None) -> Path:
+    """<workdir>/artifacts/<method>-<key>: the key is the config hash, combined with the sha256
+    of each earlier-stage input when there are any (a rebuilt input gives a new artifact)."""
+    key = config_hash(cfg)
+    if input_hashes:
+        key = hashlib.sha256(json.dumps({"config": key, "inputs": input_hashes}, sort_keys=True).encode()).hexdigest()
+    return Path(workdir) / "artifacts" / f"{cfg.method['name']}-{key[:12]}"
 
 
-def ensure_pretrained(cfg: PretrainConfig, recipe: str, workdir: Path, info: DistInfo) -> tuple[Path, dict]:
-    """The complete artifact for `cfg`: reused, resumed or trained. Returns (folder, timings)."""
-    out = artifact_dir(workdir, cfg)
-    if is_complete(out):
-        return out, {"pretrain_s": 0.0, "pretrain_reused": True}
-    t0 = time.perf_counter()
+def stage_overrides(overrides: list[str]) -> list[str]:
+    """The overrides an earlier stage inherits: all but the method's own options."""
+    return [o for o in overrides if not o.split("=", 1)[0].strip().startswith("method.")]
+
+
+def _images(cfg: PretrainConfig, workdir: Path, info: DistInfo) -> ImageList:
+    """The pretraining images; rank 0 generates the embedded scenes first if needed."""
     images = pretrain_images(cfg.data, workdir) if info.is_main else None
     barrier(info)
-    images = images or pretrain_images(cfg.data, workdir)
-    t_data = time.perf_counter() - t0
+    return images or pretrain_images(cfg.data, workdir)
+
+
+def is_multistage(cfg: PretrainConfig) -> bool:
+    """Whether the method trains from earlier stages' outputs (overrides Method.build_inputs)."""
+    return cfg.method["name"] != RANDOM and \
+        METHODS.get(cfg.method["name"]).build_inputs.__func__ is not Method.build_inputs.__func__
+
+
+def build_inputs(cfg: PretrainConfig, workdir: Path, info: DistInfo, overrides: list[str] = (),
+                 images: ImageList | None = None) -> tuple[dict[str, Path], dict]:
+    """The earlier stages of a multi-stage method, built or reused under the same non-method
+    `overrides`: (named input files, timings per stage); ({}, {}) for a single-stage method."""
+    if not is_multistage(cfg):
+        return {}, {}
+    ctx = StageContext(Path(workdir), images or _images(cfg, workdir, info), info,
+                       config=lambda method, r: load_pretrain_config(method, r, stage_overrides(list(overrides))),
+                       pretrained=lambda stage_cfg, r: ensure_pretrained(stage_cfg, r, workdir, info))
+    return METHODS.get(cfg.method["name"]).build_inputs(cfg, ctx)
+
+
+def ensure_pretrained(cfg: PretrainConfig, recipe: str, workdir: Path, info: DistInfo,
+                      overrides: list[str] = ()) -> tuple[Path, dict]:
+    """The complete artifact for `cfg`: reused, resumed or trained, after its earlier stages if
+    the method has any (built under the same non-method `overrides`). Returns (folder, timings)."""
+    # loaded once for the earlier stages and this one
+    images = _images(cfg, workdir, info) if is_multistage(cfg) else None
+    inputs, timings = build_inputs(cfg, workdir, info, overrides, images)
+    input_hashes = {name: sha256_file(path) for name, path in inputs.items()}
+    out = artifact_dir(workdir, cfg, input_hashes)
+    if is_complete(out):
+        return out, {**timings, "pretrain_s": 0.0, "pretrain_reused": True}
+    t_data = time.perf_counter()
+    images = images or _images(cfg, workdir, info)
+    t_data = time.perf_counter() - t_data
     out.mkdir(parents=True, exist_ok=True)
     extra = {"recipe": recipe, "data": {"source": cfg.data.source, "key": images.key, "images": len(images.paths)},
              "created": now_iso()}
+    if inputs:
+        extra["inputs"] = {name: {"path": str(path), "sha256": input_hashes[name]} for name, path in inputs.items()}
+        extra["stages"] = timings
+    t_train = time.perf_counter()
     # A second concurrent run waits for the first, then reuses its artifact. Only rank 0 takes
     # the lock: the other ranks of this run must not block on it while rank 0 trains with them.
     with file_lock(out / "build") if info.is_main else contextlib.nullcontext():
         barrier(info)
         if not is_complete(out):
             if cfg.method["name"] != RANDOM:
-                pretrain(cfg, out, images.paths, extra, info)
+                pretrain(cfg, out, images.paths, extra, info, inputs)
             elif info.is_main:
                 export_random(cfg, out, extra)
         barrier(info)
-    return out, {"data_s": round(t_data, 2), "pretrain_s": round(time.perf_counter() - t0 - t_data, 2),
+    return out, {**timings, "data_s": round(t_data, 2), "pretrain_s": round(time.perf_counter() - t_train, 2),
                  "pretrain_reused": False}
 
 
@@ -100,6 +148,19 @@ def export_random(cfg: PretrainConfig, out: Path, extra: dict[str, Any]) -> None
     export_artifact(out, backbone, {**extra, "method": RANDOM, "config_hash": config_hash(cfg),
                                     "arch": cfg.model.arch, "width": cfg.model.width, "epochs": 0,
                                     "git_revision": git_revision(), "torch": torch.__version__})
+
+
+def record_fields(cfg: PretrainConfig) -> dict[str, Any]:
+    """What every result record of a backbone pretrained with `cfg` carries about its run."""
+    plugin = None if cfg.method["name"] == RANDOM else METHODS.get(cfg.method["name"])
+    return {"config_hash": config_hash(cfg), "seed": cfg.train.seed,
+            "epochs": 0 if plugin is None else cfg.train.epochs,
+            "variant": plugin.variant(cfg) if plugin else {}}
+
+
+def artifact_config(folder: Path) -> PretrainConfig:
+    """The resolved config written beside an artifact."""
+    return from_dict(PretrainConfig, load_yaml_recipe(Path(folder) / "config.yaml"))
 
 
 def artifact_ref(folder: Path) -> BackboneRef:

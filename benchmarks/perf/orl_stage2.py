@@ -1,9 +1,9 @@
 """ORL stage-2 cost (issue 3): selective-search proposals per second per core, RoI embeddings per
-second, and each step's share of the wall time. Stage 2 runs cold, in a fresh folder, on the
-embedded default scenes (the `byol` default recipe's data), so no step is read from a cache.
+second, and each step's share of the wall time. Stage 2 runs cold, in a fresh folder, with the
+`orl` recipe's stage-2 settings on that recipe's images, so no step is read from a cache.
 Writes JSON with the device and git revision.
 
-    python benchmarks/perf/orl_stage2.py --stage1 ARTIFACT_DIR [--images 500] [--set roi_size=112]
+    python benchmarks/perf/orl_stage2.py --stage1 ARTIFACT_DIR [--recipe default] [--images 500] [--set roi_size=112]
     python benchmarks/perf/orl_stage2.py --quick   # tiny stage 1 on 16 scenes: checks the harness
 """
 from __future__ import annotations
@@ -27,11 +27,8 @@ from orl_bench.methods.orl.stage2 import Stage2Params, discover
 from orl_bench.provenance import device_name, git_revision
 from orl_bench.results.records import now_iso
 
-# The embedded scenes are 128 px: scale the 96 px minimum box side from COCO's ~480 px short side.
-EMBEDDED = {"reference_short_side": 480}
-# --quick: a 1-epoch tiny BYOL on 16 scenes and small crops; measures nothing worth keeping.
+# --quick: a 1-epoch tiny BYOL on 16 scenes with the tiny recipe's stage 2; measures nothing worth keeping.
 QUICK_DATA = "{height: 128, width: 128, coco_train: 16, coco_val: 0, voc_trainval: 0, voc_test: 0}"
-QUICK = {"knn_k": 5, "embed_resize_short": 64, "embed_size": 56, "roi_size": 64}
 
 
 def main() -> None:
@@ -39,6 +36,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage1", help="a complete BYOL artifact folder (stage 1)")
     parser.add_argument("--quick", action="store_true", help="build a tiny stage 1 and data set")
+    parser.add_argument("--recipe", default="default", help="the orl recipe whose stage-2 settings and data are used")
     parser.add_argument("--images", type=int, default=0, help="first N images only (0: all)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="Stage2Params field=value, e.g. --set workers=2")
@@ -51,16 +49,18 @@ def main() -> None:
     workdir = Path(args.workdir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info = DistInfo(0, 1, 0, device)
+    recipe = "tiny" if args.quick else args.recipe
+    overrides = ["train.epochs=1", f"data.synth={QUICK_DATA}"] if args.quick else []
+    cfg = pipeline.load_pretrain_config("orl", recipe, overrides)
     if args.quick:
-        cfg = pipeline.load_pretrain_config("byol", "tiny", ["train.epochs=1", f"data.synth={QUICK_DATA}"])
-        stage1, _ = pipeline.ensure_pretrained(cfg, "tiny", workdir, info)
+        stage1_cfg = pipeline.load_pretrain_config("byol", cfg.method["stage1"], overrides)
+        stage1, _ = pipeline.ensure_pretrained(stage1_cfg, recipe, workdir, info)
     else:
-        cfg, stage1 = pipeline.load_pretrain_config("byol", "default", []), Path(args.stage1)
+        stage1 = Path(args.stage1)
     images = pretrain_images(cfg.data, workdir)
     subset = 0 < args.images < len(images.paths)
     paths = images.paths[:args.images] if subset else images.paths
-    base = {**asdict(Stage2Params()), **EMBEDDED, **(QUICK if args.quick else {})}
-    params = from_dict(Stage2Params, {**base, **apply_overrides({}, args.overrides)}, "stage2")
+    params = from_dict(Stage2Params, apply_overrides(cfg.method["stage2"], args.overrides), "stage2")
 
     with tempfile.TemporaryDirectory(dir=workdir, prefix="perf-orl-stage2-") as tmp:
         t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def main() -> None:
         "benchmark": "orl_stage2", "device": device_name(device), "git_revision": git_revision(),
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "timestamp": now_iso(), "quick": args.quick, "data": images.key, "images": len(paths),
-        "stage1": str(stage1), "params": asdict(params), "wall_s": round(wall, 2),
+        "recipe": recipe, "stage1": str(stage1), "params": asdict(params), "wall_s": round(wall, 2),
         "proposals_per_s_per_core": (round(len(paths) / seconds["proposals"] / cores, 3)
                                      if "proposals" in seconds else None),
         "roi_embeddings_per_s": round(run["roi_forward_images"] / seconds["roi_embeddings"], 2),

@@ -53,8 +53,9 @@ def main() -> None:
     cfg = pipeline.load_pretrain_config(args.method, args.recipe, args.overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info = DistInfo(0, 1, 0, device)
-    method = build_method(cfg, info)
     images = pretrain_images(cfg.data, Path(args.workdir))
+    inputs, _ = pipeline.build_inputs(cfg, Path(args.workdir), info, args.overrides, images)  # ORL: stages 1-2
+    method = build_method(cfg, info, inputs)
     b = cfg.train.batch_size
     dataset = method.make_dataset(images.paths)
     sampler = EpochSampler(len(dataset), b, cfg.train.seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,11 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def build_method(cfg: PretrainConfig, info: DistInfo) -> Method:
+def build_method(cfg: PretrainConfig, info: DistInfo, inputs: Mapping[str, Path] | None = None) -> Method:
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    method: Method = METHODS.get(cfg.method["name"])(cfg)
+    plugin = METHODS.get(cfg.method["name"])
+    # Single-stage plugins may define __init__(cfg) only: pass inputs just to those that use them.
+    method: Method = plugin(cfg, inputs) if inputs else plugin(cfg)
     if info.distributed and cfg.train.sync_bn:
         if info.device.type != "cuda":
             raise ValueError("train.sync_bn=true needs CUDA (torch's SyncBatchNorm is GPU-only); "
@@ -54,15 +57,16 @@ def build_method(cfg: PretrainConfig, info: DistInfo) -> Method:
 
 
 def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], manifest_extra: dict[str, Any],
-             info: DistInfo) -> dict[str, Any]:
-    """Train (or resume) `cfg`'s method on `image_paths`; export the artifact; return its manifest."""
+             info: DistInfo, inputs: Mapping[str, Path] | None = None) -> dict[str, Any]:
+    """Train (or resume) `cfg`'s method on `image_paths` (with the earlier stages' `inputs`);
+    export the artifact; return its manifest."""
     artifact_dir = Path(artifact_dir)
     t = cfg.train
     if t.batch_size % info.world_size:
         raise ValueError(f"train.batch_size {t.batch_size} is not divisible by the world size {info.world_size}")
     if t.deterministic:
         torch.use_deterministic_algorithms(True)
-    method = build_method(cfg, info)
+    method = build_method(cfg, info, inputs)
     dataset = method.make_dataset(image_paths)
     sampler = EpochSampler(len(dataset), t.batch_size // info.world_size, t.seed, info.rank, info.world_size)
     loader = DataLoader(dataset, batch_size=sampler.batch_size, sampler=sampler, num_workers=t.num_workers,
@@ -147,6 +151,8 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
                 "git_revision": git_revision(), "device": device_name(info.device),
                 "world_size": info.world_size, "sync_bn": info.distributed and cfg.train.sync_bn,
                 "torch": torch.__version__}
+    if hasattr(dataset, "fallbacks"):  # counts of samples a dataset had to make up (e.g. ORL's)
+        manifest["dataset_fallbacks"] = dataset.fallbacks
     if info.is_main:
         manifest = export_artifact(artifact_dir, method.backbone, manifest)
     barrier(info)

@@ -1,2 +1,3 @@
 """In-tree pretraining methods; importing this package registers them."""
 from orl_bench.methods import byol  # noqa: F401
+from orl_bench.methods.orl import method  # noqa: F401

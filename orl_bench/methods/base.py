@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,6 +15,8 @@ from torch.utils.data import Dataset
 
 from orl_bench.config import NoParams, PretrainConfig, from_dict
 from orl_bench.data.pretrain_dataset import ViewsDataset
+from orl_bench.data.sources import ImageList
+from orl_bench.engine.distributed import DistInfo
 from orl_bench.models.backbones import ResNet, build_backbone
 
 
@@ -25,20 +28,53 @@ class Progress:
     epoch: int
 
 
+@dataclass(frozen=True)
+class StageContext:
+    """What a multi-stage method gets to build its earlier stages (`Method.build_inputs`)."""
+    workdir: Path
+    images: ImageList  # this run's pretraining images
+    info: DistInfo
+    # (method, recipe) -> that stage's config under the user's non-method overrides (so every
+    # stage sees the same data, scale and seed)
+    config: Callable[[str, str], PretrainConfig]
+    # (config, recipe) -> (complete artifact folder, timings): reused when it already exists
+    pretrained: Callable[[PretrainConfig, str], tuple[Path, dict]]
+
+
 class Method(nn.Module):
     """A pretraining method. Subclasses declare `Params` (a dataclass of their options, filled
     from the recipe's `method:` section), build their networks in __init__, and implement
     `view_transform` and `training_step`. `backbone` is what gets exported.
+
+    A method trained from earlier stages' outputs (ORL) overrides `build_inputs`; the files it
+    returns reach the instance as `self.inputs`, and their sha256 is part of the artifact's key.
     """
 
     Params: ClassVar[type] = NoParams
     backbone: ResNet
 
-    def __init__(self, cfg: PretrainConfig):
+    def __init__(self, cfg: PretrainConfig, inputs: Mapping[str, Path] | None = None):
         super().__init__()
         self.cfg = cfg
-        options = {k: v for k, v in cfg.method.items() if k != "name"}
-        self.params = from_dict(self.Params, options, "method")
+        self.inputs = dict(inputs or {})
+        self.params = self.params_of(cfg)
+
+    @classmethod
+    def params_of(cls, cfg: PretrainConfig) -> Any:
+        """The recipe's `method:` options as this plugin's Params."""
+        return from_dict(cls.Params, {k: v for k, v in cfg.method.items() if k != "name"}, "method")
+
+    @classmethod
+    def build_inputs(cls, cfg: PretrainConfig, ctx: StageContext) -> tuple[dict[str, Path], dict[str, Any]]:
+        """Build or reuse the earlier stages; returns (named input files, timings per stage).
+        Called on every rank, before this method's own artifact is looked up."""
+        return {}, {}
+
+    @classmethod
+    def variant(cls, cfg: PretrainConfig) -> dict[str, Any]:
+        """The run's settings among the paper's ablation keys (results.paper.VARIANT_KEYS),
+        recorded with every result so Table 5 rows find their paper numbers."""
+        return {}
 
     def build_backbone(self) -> ResNet:
         return build_backbone(self.cfg.model.arch, self.cfg.model.width)

@@ -5,7 +5,9 @@ projection of another view of the same image; the target is an EMA of the online
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,8 +31,8 @@ class BYOLParams:
 class BYOL(Method):
     Params = BYOLParams
 
-    def __init__(self, cfg: PretrainConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: PretrainConfig, inputs: Mapping[str, Path] | None = None):
+        super().__init__(cfg, inputs)
         p = self.params
         self.backbone = self.build_backbone()
         self.projector = MLP(self.backbone.num_features, p.hidden_dim, p.proj_dim)

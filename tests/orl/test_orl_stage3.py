@@ -20,8 +20,7 @@ from orl_bench.engine.distributed import DistInfo
 from orl_bench.methods.base import Progress
 from orl_bench.methods.orl.correspondence import CorrespondenceError, Correspondences
 from orl_bench.methods.orl.dataset import ORLDataset, jitter_box
-from orl_bench.methods.orl.method import ORLParams, ORLStage3
-from orl_bench.registry import Registry
+from orl_bench.methods.orl.method import ORL, ORLParams
 
 N, SIZE, PATCH = 12, 32, 16
 # Geometry only: every photometric step off except solarize on view 1, so patches can be
@@ -183,7 +182,7 @@ def config(**method) -> PretrainConfig:
     return from_dict(PretrainConfig, {
         "model": {"arch": "resnet18", "width": 8},
         "train": {"epochs": 1, "batch_size": 4, "num_workers": 0},
-        "method": {"name": "orl_stage3_test", "hidden_dim": 32, "proj_dim": 16,
+        "method": {"name": "orl", "hidden_dim": 32, "proj_dim": 16,
                    "patch_size": PATCH, "views": {"size": SIZE}, **method}})
 
 
@@ -192,7 +191,7 @@ def random_batch(b: int = 4):
     return [[torch.randn(b, 3, s, s, generator=g) for _ in range(2)] for s in (SIZE, PATCH, PATCH)]
 
 
-def count_calls(orl: ORLStage3) -> dict[str, int]:
+def count_calls(orl: ORL) -> dict[str, int]:
     calls = {}
     for name in ("predictor", "intra_predictor", "inter_predictor"):
         module = getattr(orl, name)
@@ -204,21 +203,21 @@ def count_calls(orl: ORLStage3) -> dict[str, int]:
 
 def test_losses_are_the_weighted_sum_of_three_branches():
     torch.manual_seed(0)
-    orl = ORLStage3(config(image_weight=2.0, intra_weight=0.5))
+    orl = ORL(config(image_weight=2.0, intra_weight=0.5))
     calls = count_calls(orl)
     losses = orl.training_step(random_batch(), Progress(0, 10, 0))
     assert set(losses) == {"loss", "loss_image", "loss_intra", "loss_inter"}
     expected = 2.0 * losses["loss_image"] + 0.5 * losses["loss_intra"] + losses["loss_inter"]
     assert losses["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     assert calls == {"predictor": 2, "intra_predictor": 2, "inter_predictor": 2}
-    orl = ORLStage3(config())
+    orl = ORL(config())
     losses = orl.training_step(random_batch(), Progress(0, 10, 0))
     total = losses["loss_image"] + losses["loss_intra"] + losses["loss_inter"]
     assert losses["loss"].item() == pytest.approx(total.item(), rel=1e-6)
 
 
 def test_zero_weight_branches_are_not_built_or_computed():
-    orl = ORLStage3(config(image_weight=0, intra_weight=1, inter_weight=0))
+    orl = ORL(config(image_weight=0, intra_weight=1, inter_weight=0))
     assert orl.predictor is None and orl.inter_predictor is None
     calls = count_calls(orl)
     online_calls = []
@@ -227,12 +226,12 @@ def test_zero_weight_branches_are_not_built_or_computed():
     assert set(losses) == {"loss", "loss_intra"} and torch.equal(losses["loss"], losses["loss_intra"])
     assert calls == {"intra_predictor": 2} and online_calls == [PATCH, PATCH]
     with pytest.raises(ValueError, match="at least one > 0"):
-        ORLStage3(config(image_weight=0, intra_weight=0, inter_weight=0))
+        ORL(config(image_weight=0, intra_weight=0, inter_weight=0))
 
 
 def test_a_step_moves_the_target_by_ema():
     torch.manual_seed(0)
-    orl = ORLStage3(config())
+    orl = ORL(config())
     before = [p.clone() for p in orl.target.parameters()]
     optimizer = torch.optim.SGD(orl.parameters(), lr=0.1)
     orl.training_step(random_batch(), Progress(0, 10, 0))["loss"].backward()
@@ -244,27 +243,22 @@ def test_a_step_moves_the_target_by_ema():
 
 
 def test_make_dataset_needs_a_matching_correspondence_file(images, tmp_path):
-    with pytest.raises(ValueError, match="correspondences is not set"):
-        ORLStage3(config()).make_dataset(images)
+    with pytest.raises(ValueError, match="needs the stage-2 correspondence artifact"):
+        ORL(config()).make_dataset(images)
     hand_made(images).save(tmp_path / "corr.npz")
     with pytest.raises(CorrespondenceError, match="wrong image count"):
-        ORLStage3(config(correspondences=str(tmp_path / "corr.npz"))).make_dataset(images[:-1])
+        ORL(config(), {"correspondences": tmp_path / "corr.npz"}).make_dataset(images[:-1])
 
 
-class _ORLForTest(ORLStage3):
-    """Registered only in this test's registry, so the global one stays untouched."""
-
-
-def test_two_step_pretraining_run(images, tmp_path, monkeypatch):
+def test_two_step_pretraining_run(images, tmp_path):
     hand_made(images[:8]).save(tmp_path / "corr.npz")
-    registry = Registry("method", "orl_bench.tests.none", "orl_bench.methods.orl.method")
-    registry.register("orl_stage3_test")(_ORLForTest)
-    monkeypatch.setattr(trainer, "METHODS", registry)
-    cfg = config(correspondences=str(tmp_path / "corr.npz"))
     with pytest.warns(UserWarning, match="no boxes"):
-        manifest = trainer.pretrain(cfg, tmp_path / "artifact", images[:8], {},
-                                    DistInfo(0, 1, 0, torch.device("cpu")))
-    assert manifest["steps"] == 2 and manifest["method"] == "orl_stage3_test"
+        manifest = trainer.pretrain(config(), tmp_path / "artifact", images[:8], {},
+                                    DistInfo(0, 1, 0, torch.device("cpu")),
+                                    {"correspondences": tmp_path / "corr.npz"})
+    assert manifest["steps"] == 2 and manifest["method"] == "orl"
+    # hand_made: image 0 has no boxes, images 0 and 1 have no pairs
+    assert manifest["dataset_fallbacks"] == {"images": 8, "no_boxes": 1, "no_pairs": 2}
     rows = [json.loads(line) for line in (tmp_path / "artifact" / "log.jsonl").read_text().splitlines()]
     last = [r for r in rows if "loss" in r][-1]
     assert all(math.isfinite(last[k]) for k in ("loss", "loss_image", "loss_intra", "loss_inter"))

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from orl_bench.config import PretrainConfig, from_dict
+from orl_bench.config import PretrainConfig, config_hash, from_dict, to_dict, volatile
 from orl_bench.data.coco import CocoDataset
 from orl_bench.data.images import UnreadableImageError, read_rgb
 from orl_bench.data.views import normalize
@@ -60,7 +60,6 @@ OFFICIAL_PREFIX = "official:"
 OFFICIAL_NAMES = {"min_size": "bbox_min_size", "max_aspect_ratio": "bbox_max_aspect_ratio",
                   "nms_iou": "bbox_max_iou", "max_boxes": "intra_bbox_num",
                   "knn_k": "knn_image_num", "pair_ratio": "knn_bbox_pair_ratio"}
-VOLATILE = ("batch_size", "workers")  # speed only: changing them reuses a folder
 _ROI_CACHE_IMAGES = 4096  # RoI files held in memory during pair retrieval (~3 GB at ResNet-50)
 
 
@@ -82,8 +81,8 @@ class Stage2Params:
     embed_resize_short: int = 256
     embed_size: int = 224
     roi_size: int = 224
-    batch_size: int = 64
-    workers: int = 2
+    batch_size: int = volatile(64)  # speed only (volatile): changing it reuses a folder
+    workers: int = volatile(2)
 
     def __post_init__(self) -> None:
         _ = self.box_filter  # BoxFilter validates the thresholds
@@ -110,6 +109,12 @@ class Stage2Params:
     def info(self) -> dict:
         """Every parameter, the official ones under their official key names."""
         return {OFFICIAL_NAMES.get(k, k): v for k, v in asdict(self).items()}
+
+
+def folder_name(stage1_sha256: str, images_key: str, params: Stage2Params) -> str:
+    """A stage-2 folder name for (stage-1 backbone, image list, non-volatile parameters)."""
+    key = hashlib.sha256(f"{stage1_sha256}|{images_key}|{config_hash(params)}".encode()).hexdigest()
+    return f"orl-stage2-{key[:12]}"
 
 
 def load_stage1(stage1_dir: Path) -> Method:
@@ -271,7 +276,7 @@ def discover(stage1_dir: Path, paths: list[Path], coco: list[CocoDataset] | None
     names = [im.file_name for s in coco for im in s.images] if coco else [x.name for x in paths]
     record = {"stage1_backbone_sha256": stage1_sha, "images": n,
               "file_names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
-              **{k: v for k, v in asdict(params).items() if k not in VOLATILE}}
+              **to_dict(params, for_hash=True)}
     _check_inputs(out_dir, record, info)
     if final.exists():
         return final

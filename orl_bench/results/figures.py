@@ -1,0 +1,70 @@
+"""Figures a researcher wants to look at; each is a PNG written atomically.
+
+`correspondence_grid` is the paper's Figure 3: ORL's stage-2 RoI pairs across images. Each row is
+one query image: the image and its nearest neighbour that holds pairs, with the top-ranked pairs
+(pairs are stored by decreasing RoI similarity) drawn in matching colours, then the crops of each
+pair side by side, the crops that stage 3 turns into its inter-RoI patches.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+# matplotlib's object API, not pyplot: no global figure state and no display backend needed
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from orl_bench.data.images import read_rgb
+from orl_bench.io import atomic_write
+from orl_bench.methods.orl.correspondence import Correspondences
+
+COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4")
+
+
+def _with_pairs(c: Correspondences) -> list[int]:
+    return [i for i, row in enumerate(c.pairs) if any(len(p) for p in row)]
+
+
+def correspondence_grid(c: Correspondences, paths: list[Path], out: Path, rows: int = 6,
+                        pairs_per_row: int = 2, seed: int = 0) -> list[int]:
+    """Draw `rows` query images sampled with `seed` among those with pairs; returns their
+    positions. `paths` are the image files in the correspondences' order."""
+    if len(paths) != len(c):
+        raise ValueError(f"{len(paths)} image paths for correspondences over {len(c)} images")
+    if not 1 <= pairs_per_row <= len(COLOURS):
+        raise ValueError(f"pairs_per_row must be in 1..{len(COLOURS)}, got {pairs_per_row}")
+    candidates = _with_pairs(c)
+    if not candidates:
+        raise ValueError("the correspondences hold no RoI pairs to draw")
+    queries = sorted(random.Random(seed).sample(candidates, min(rows, len(candidates))))
+    cols = 2 + 2 * pairs_per_row
+    fig = Figure(figsize=(1.8 * cols, 1.9 * len(queries)))
+    axes = fig.subplots(len(queries), cols, squeeze=False)
+    for ax_row, i in zip(axes, queries, strict=True):
+        k = next(k for k, p in enumerate(c.pairs[i]) if len(p))
+        j = int(c.knn[i, k])
+        query, neighbour = read_rgb(paths[i]), read_rgb(paths[j])
+        ax_row[0].imshow(query)
+        ax_row[0].set_title(f"query {c.image_ids[i]}", fontsize=7)
+        ax_row[1].imshow(neighbour)
+        ax_row[1].set_title(f"neighbour #{k + 1}: {c.image_ids[j]}", fontsize=7)
+        shown = c.pairs[i][k][:pairs_per_row].tolist()
+        for ax in ax_row[2 + 2 * len(shown):]:
+            ax.set_visible(False)  # this neighbour holds fewer pairs
+        for n, (a, b) in enumerate(shown):
+            colour = COLOURS[n]
+            for ax, image, box, col in ((ax_row[0], query, c.boxes[i][a], 2 + 2 * n),
+                                        (ax_row[1], neighbour, c.boxes[j][b], 3 + 2 * n)):
+                x, y, w, h = box.tolist()
+                ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=colour, linewidth=1.5))
+                ax_row[col].imshow(image.crop((round(x), round(y), round(x + w), round(y + h))))
+                for spine in ax_row[col].spines.values():
+                    spine.set_edgecolor(colour)
+                    spine.set_linewidth(2)
+        for ax in ax_row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("ORL stage 2: top-ranked RoI pairs (query box | neighbour box)", fontsize=9)
+    fig.tight_layout()
+    atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return queries
