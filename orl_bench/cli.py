@@ -53,7 +53,8 @@ def seed_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     workdir, info = workdir_of(args), init_distributed()
     pre_over, task_over = pipeline.split_overrides(seed_overrides(args))
-    task_cfg = pipeline.load_task_config(args.task, args.recipe, task_over)
+    task_cfg = pipeline.load_task_config(args.task, args.task_recipe or pipeline.benchmark_recipe(args.recipe),
+                                         task_over)
     t0 = time.perf_counter()
     if args.checkpoint:
         ref = pipeline.checkpoint_ref(Path(args.checkpoint), args.arch, args.width, args.label)
@@ -188,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="byol", help="pretraining method (orl-bench list methods), or random")
     p.add_argument("--task", default="voc07_svm", help="benchmark (orl-bench list tasks)")
     p.add_argument("--seed", type=int, help="pretraining seed (same as --set train.seed=N); recorded")
+    p.add_argument("--task-recipe", help="benchmark recipe (default: the scale of --recipe, e.g. default for "
+                                         "default_5a_intra_only), so ablations are evaluated like their baseline")
     add_common(p)
     checkpoint_args(p)
     p.set_defaults(fn=cmd_run)

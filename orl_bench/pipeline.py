@@ -58,6 +58,16 @@ def load_pretrain_config(method: str, recipe: str, overrides: list[str]) -> Pret
     return replace(cfg, method={"name": method, **params})
 
 
+def benchmark_recipe(pretrain_recipe: str) -> str:
+    """The benchmark recipe that goes with a shipped pretraining recipe name: its scale, the part
+    before the first '_' ('default_5a_intra_only' -> 'default'), so ablations are evaluated
+    exactly like the run they are compared with."""
+    if Path(pretrain_recipe).suffix in (".yaml", ".yml"):
+        raise ConfigError(f"--recipe is a file ({pretrain_recipe}): name the benchmark recipe too, "
+                          "with --task-recipe tiny|default|paper or a YAML path")
+    return pretrain_recipe.split("_", 1)[0]
+
+
 def load_task_config(task: str, recipe: str, overrides: list[str]) -> TaskConfig:
     plugin = TASKS.get(task)
     data = apply_overrides(load_yaml_recipe(find_recipe("benchmarks", task, recipe)), overrides)
@@ -110,16 +120,18 @@ def ensure_pretrained(cfg: PretrainConfig, recipe: str, workdir: Path, info: Dis
                       overrides: list[str] = ()) -> tuple[Path, dict]:
     """The complete artifact for `cfg`: reused, resumed or trained, after its earlier stages if
     the method has any (built under the same non-method `overrides`). Returns (folder, timings)."""
+    t0 = time.perf_counter()
     # loaded once for the earlier stages and this one
     images = _images(cfg, workdir, info) if is_multistage(cfg) else None
+    data_s = time.perf_counter() - t0
     inputs, timings = build_inputs(cfg, workdir, info, overrides, images)
     input_hashes = {name: sha256_file(path) for name, path in inputs.items()}
     out = artifact_dir(workdir, cfg, input_hashes)
     if is_complete(out):
         return out, {**timings, "pretrain_s": 0.0, "pretrain_reused": True}
-    t_data = time.perf_counter()
+    t0 = time.perf_counter()
     images = images or _images(cfg, workdir, info)
-    t_data = time.perf_counter() - t_data
+    data_s += time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     extra = {"recipe": recipe, "data": {"source": cfg.data.source, "key": images.key, "images": len(images.paths)},
              "created": now_iso()}
@@ -137,7 +149,7 @@ def ensure_pretrained(cfg: PretrainConfig, recipe: str, workdir: Path, info: Dis
             elif info.is_main:
                 export_random(cfg, out, extra)
         barrier(info)
-    return out, {**timings, "data_s": round(t_data, 2), "pretrain_s": round(time.perf_counter() - t_train, 2),
+    return out, {**timings, "data_s": round(data_s, 2), "pretrain_s": round(time.perf_counter() - t_train, 2),
                  "pretrain_reused": False}
 
 
@@ -153,7 +165,9 @@ def export_random(cfg: PretrainConfig, out: Path, extra: dict[str, Any]) -> None
 def record_fields(cfg: PretrainConfig) -> dict[str, Any]:
     """What every result record of a backbone pretrained with `cfg` carries about its run."""
     plugin = None if cfg.method["name"] == RANDOM else METHODS.get(cfg.method["name"])
-    return {"config_hash": config_hash(cfg), "seed": cfg.train.seed,
+    unseeded = replace(cfg, train=replace(cfg.train, seed=0))
+    # setup_hash: the config without its seed, so the report averages seeds of one setup only
+    return {"config_hash": config_hash(cfg), "setup_hash": config_hash(unseeded)[:12], "seed": cfg.train.seed,
             "epochs": 0 if plugin is None else cfg.train.epochs,
             "variant": plugin.variant(cfg) if plugin else {}}
 

@@ -1,7 +1,8 @@
 """Tables from result records, with the paper's number beside each row where one exists.
 
-Records are grouped by (task, metric, layer, k, method, recipe, epochs, dataset, variant); seeds are
-aggregated as mean, std and count. Markdown for people, CSV for tools.
+Records are grouped by (task, metric, layer, k, method, recipe, epochs, setup, dataset, variant), the
+setup being the pretraining config without its seed (so a `--set` override is its own row); seeds
+are aggregated as mean, std and count. Markdown for people, CSV for tools.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 from orl_bench.results.paper import PaperReference
 
-GROUP_KEYS = ("task", "metric", "layer", "k", "method", "recipe", "epochs", "dataset", "variant")
+GROUP_KEYS = ("task", "metric", "layer", "k", "method", "recipe", "epochs", "setup_hash", "dataset", "variant")
 
 
 def _variant(record: dict[str, Any]) -> str:
@@ -43,13 +44,13 @@ def summarize(records: list[dict[str, Any]], paper: PaperReference) -> list[dict
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    header = ["task", "metric", "layer", "k", "method", "recipe", "epochs", "dataset", "variant", "ours (mean ± std)",
-              "n", "paper (COCO, R50)"]
+    header = ["task", "metric", "layer", "k", "method", "recipe", "epochs", "setup", "dataset", "variant",
+              "ours (mean ± std)", "n", "paper (COCO, R50)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         paper = "-" if r["paper"] is None else f"{r['paper']:.1f}"
         cells = [r["task"], r["metric"], r["layer"] or "-", r["k"] if r["k"] is not None else "-", r["method"],
-                 r["recipe"], "-" if r["epochs"] is None else r["epochs"], r["dataset"], r["variant"] or "-", f"{r['mean']:.2f} ± {r['std']:.2f}", r["n"], paper]
+                 r["recipe"], "-" if r["epochs"] is None else r["epochs"], (r["setup_hash"] or "-")[:8], r["dataset"], r["variant"] or "-", f"{r['mean']:.2f} ± {r['std']:.2f}", r["n"], paper]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -142,7 +142,7 @@ def test_ablation_recipes_record_their_table5_variant(recipe):
 
 
 def test_stage3_epochs_ablation_also_sets_stage1():
-    for scale, epochs in (("paper", 100), ("default", 4)):
+    for scale, epochs in (("paper", 100), ("default", 16)):
         cfg = pipeline.load_pretrain_config("orl", f"{scale}_5e_epochs{epochs}", [])
         stage1 = pipeline.load_pretrain_config("byol", cfg.method["stage1"], [])
         assert cfg.train.epochs == stage1.train.epochs == epochs
@@ -188,6 +188,13 @@ def test_run_records_carry_variant_and_epochs(built_copy, capsys):
     timings = json.loads(out.split("timings: ")[1].splitlines()[0])
     assert {"stage1", "stage2_s", "stage2_steps_s", "pretrain_s", "pretrain_reused", "eval_s"} <= set(timings)
     record = json.loads((workdir / "results" / "records.jsonl").read_text().splitlines()[0])
-    assert record["method"] == "orl" and record["epochs"] == 1
+    assert record["method"] == "orl" and record["epochs"] == 1 and len(record["setup_hash"]) == 12
     assert record["variant"] == {"losses": ["intra", "inter"], "knn_k": 3, "pair_ratio": 0.1,
                                  "boxes": "selective_search"}
+
+
+def test_ablation_recipes_are_evaluated_at_their_scale(tmp_path):
+    assert pipeline.benchmark_recipe("default_5a_intra_only") == "default"
+    assert pipeline.benchmark_recipe("paper") == "paper"
+    with pytest.raises(ConfigError, match="--task-recipe"):
+        pipeline.benchmark_recipe(str(tmp_path / "mine.yaml"))

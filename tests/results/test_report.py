@@ -31,3 +31,13 @@ def test_records_are_appended_all_or_none(tmp_path):
     with pytest.raises(ValueError, match="device"):
         append_records(tmp_path, [record(3.0, 2), bad])
     assert [json.loads(line)["value"] for line in records_path(tmp_path).read_text().splitlines()] == [1.0]
+
+
+def test_seeds_of_one_setup_are_averaged_but_other_setups_and_epochs_are_not():
+    rows = summarize([record(30.0, 0, setup_hash="a", epochs=8), record(32.0, 1, setup_hash="a", epochs=8),
+                      record(20.0, 0, setup_hash="b", epochs=8),  # e.g. --set method.patch_size=48
+                      record(40.0, 0, setup_hash="c", epochs=16)], load_reference())
+    assert sorted((r["setup_hash"], r["n"], r["mean"]) for r in rows) == [("a", 2, 31.0), ("b", 1, 20.0),
+                                                                          ("c", 1, 40.0)]
+    table = to_markdown(rows)
+    assert "| 16 | c |" in table and "| 8 | b |" in table
