@@ -23,6 +23,7 @@ from orl_bench.engine.distributed import init_distributed
 from orl_bench.engine.export import export
 from orl_bench.registry import METHODS, TASKS, RegistryError
 from orl_bench.methods.orl.correspondence import Correspondences
+from orl_bench.methods.orl.pair_quality import pair_quality
 from orl_bench.results.figures import correspondence_grid
 from orl_bench.results.paper import load_reference
 from orl_bench.results.records import load_records, records_path
@@ -158,9 +159,12 @@ def cmd_viz(args: argparse.Namespace) -> int:
         raise ConfigError(f"method '{args.method}' has no stage-2 correspondences to draw (try --method orl)")
     path = inputs["correspondences"]
     out = Path(args.out or workdir / "figures" / f"pairs-{path.parent.name}.png")
-    queries = correspondence_grid(Correspondences.load(path, n_images=len(images.paths)), images.paths, out,
-                                  rows=args.rows, pairs_per_row=args.pairs, seed=args.sample_seed)
+    c = Correspondences.load(path, n_images=len(images.paths))
+    queries = correspondence_grid(c, images.paths, out, rows=args.rows, pairs_per_row=args.pairs,
+                                  seed=args.sample_seed)
     print(f"wrote {out} (query images at positions {queries}; pairs from {path})")
+    if all(s.categories for s in images.coco):  # ground truth to judge the pairs by
+        print("pair quality against ground truth: " + json.dumps(pair_quality(c, images.coco)))
     return 0
 
 

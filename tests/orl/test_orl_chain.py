@@ -158,7 +158,10 @@ def test_viz_pairs_draws_the_grid(built, capsys):
     out = workdir / "pairs.png"
     assert main(["viz", "pairs", "--recipe", "tiny", "--set", "train.epochs=1", "--workdir", str(workdir),
                  "--rows", "3", "--out", str(out)]) == 0
-    assert "query images at positions" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "query images at positions" in printed
+    quality = json.loads(printed.split("pair quality against ground truth: ")[1])
+    assert 0 <= quality["same_category_given_both"] <= 1 and quality["pairs"] > 0
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 400
     assert main(["viz", "pairs", "--method", "byol", "--recipe", "tiny", "--workdir", str(workdir)]) == 2
