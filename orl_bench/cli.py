@@ -21,9 +21,9 @@ from orl_bench.data.images import DatasetLayoutError
 from orl_bench.engine.checkpoint import CheckpointError, load_backbone
 from orl_bench.engine.distributed import init_distributed
 from orl_bench.engine.export import export
-from orl_bench.registry import METHODS, TASKS, RegistryError
 from orl_bench.methods.orl.correspondence import Correspondences
 from orl_bench.methods.orl.pair_quality import pair_quality
+from orl_bench.registry import METHODS, TASKS, RegistryError
 from orl_bench.results.figures import correspondence_grid
 from orl_bench.results.paper import load_reference
 from orl_bench.results.records import load_records, records_path

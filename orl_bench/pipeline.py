@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from orl_bench.config import (ConfigError, PretrainConfig, TaskConfig, apply_overrides, config_hash, find_recipe, from_dict, load_yaml_recipe, validate_params)
+from orl_bench.config import (ConfigError, PretrainConfig, TaskConfig, apply_overrides, config_hash, find_recipe,
+                              from_dict, load_yaml_recipe, to_dict, validate_params)
 from orl_bench.data.sources import ImageList, pretrain_images
 from orl_bench.engine.checkpoint import (export_artifact, is_complete, load_backbone, load_torchvision_state_dict,
                                          write_config)
@@ -53,9 +54,7 @@ def load_pretrain_config(method: str, recipe: str, overrides: list[str]) -> Pret
         if set(cfg.method) != {"name"}:
             raise ConfigError(f"method 'random' takes no options, got {sorted(set(cfg.method) - {'name'})}")
         return cfg
-    params = validate_params(plugin.Params, {k: v for k, v in cfg.method.items() if k != "name"},
-                             "method")
-    return replace(cfg, method={"name": method, **params})
+    return replace(cfg, method={"name": method, **to_dict(plugin.params_of(cfg))})
 
 
 def benchmark_recipe(pretrain_recipe: str) -> str:

@@ -31,6 +31,8 @@ def correspondence_grid(c: Correspondences, paths: list[Path], out: Path, rows: 
     positions. `paths` are the image files in the correspondences' order."""
     if len(paths) != len(c):
         raise ValueError(f"{len(paths)} image paths for correspondences over {len(c)} images")
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
     if not 1 <= pairs_per_row <= len(COLOURS):
         raise ValueError(f"pairs_per_row must be in 1..{len(COLOURS)}, got {pairs_per_row}")
     candidates = _with_pairs(c)

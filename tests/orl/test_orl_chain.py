@@ -176,6 +176,8 @@ def test_grid_draws_only_images_with_pairs_and_checks_its_input(workdir, tmp_pat
     pairs = [[np.array([[0, 1]], np.int64) if i in (2, 4) else np.zeros((0, 2), np.int64)] for i in range(n)]
     c = Correspondences(list(range(n)), [p.name for p in images], boxes, knn, pairs)
     assert correspondence_grid(c, images, tmp_path / "g.png", rows=5) == [2, 4]
+    with pytest.raises(ValueError, match="rows must be >= 1"):
+        correspondence_grid(c, images, tmp_path / "g.png", rows=0)
     with pytest.raises(ValueError, match="6 images"):
         correspondence_grid(c, images[:5], tmp_path / "g.png")
     empty = Correspondences(c.image_ids, c.file_names, boxes, knn, [[np.zeros((0, 2), np.int64)]] * n)

@@ -33,7 +33,7 @@ from orl_bench.methods.base import Progress, StageContext
 from orl_bench.methods.byol import BYOL
 from orl_bench.methods.orl.correspondence import Correspondences
 from orl_bench.methods.orl.dataset import ORLDataset
-from orl_bench.methods.orl.stage2 import OFFICIAL_PREFIX, Stage2Params, discover, folder_name
+from orl_bench.methods.orl.stage2 import ARTIFACT, OFFICIAL_PREFIX, Stage2Params, discover, folder_name
 from orl_bench.models.heads import MLP
 from orl_bench.registry import METHODS
 
@@ -92,7 +92,7 @@ class ORL(BYOL):
         folder = ctx.workdir / "artifacts" / folder_name(read_manifest(stage1_dir)["backbone_sha256"],
                                                          ctx.images.key, p.stage2)
         t0 = time.perf_counter()
-        done = (folder / "correspondences.npz").exists()
+        done = (folder / ARTIFACT).exists()
         path = discover(stage1_dir, ctx.images.paths, ctx.images.coco, p.stage2, folder, ctx.info)
         steps = folder / "stage2_timings.json"
         stage2 = {"stage2_s": round(time.perf_counter() - t0, 2), "stage2_reused": done,
