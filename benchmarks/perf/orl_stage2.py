@@ -4,6 +4,7 @@ second, and each step's share of the wall time. Stage 2 runs cold, in a fresh fo
 Writes JSON with the device and git revision.
 
     python benchmarks/perf/orl_stage2.py --stage1 ARTIFACT_DIR [--recipe default] [--images 500] [--set roi_size=112]
+        [--recipe-set data.synth.height=480]
     python benchmarks/perf/orl_stage2.py --quick   # tiny stage 1 on 16 scenes: checks the harness
 """
 from __future__ import annotations
@@ -40,6 +41,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=0, help="first N images only (0: all)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="Stage2Params field=value, e.g. --set workers=2")
+    parser.add_argument("--recipe-set", dest="recipe_overrides", action="append", default=[],
+                        help="override of the orl recipe itself, e.g. data.synth.height=480 to measure "
+                             "on other images than the recipe's")
     parser.add_argument("--workdir", default="orl_bench_home")
     parser.add_argument("--out", default="results/perf/orl_stage2.json")
     args = parser.parse_args()
@@ -50,7 +54,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info = DistInfo(0, 1, 0, device)
     recipe = "tiny" if args.quick else args.recipe
-    overrides = ["train.epochs=1", f"data.synth={QUICK_DATA}"] if args.quick else []
+    overrides = ["train.epochs=1", f"data.synth={QUICK_DATA}"] if args.quick else args.recipe_overrides
     cfg = pipeline.load_pretrain_config("orl", recipe, overrides)
     if args.quick:
         stage1_cfg = pipeline.load_pretrain_config("byol", cfg.method["stage1"], overrides)

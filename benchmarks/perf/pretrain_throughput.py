@@ -62,7 +62,14 @@ def main() -> None:
     loader = DataLoader(dataset, batch_size=b, sampler=sampler, num_workers=cfg.train.num_workers,
                         collate_fn=collate_skipping_unreadable, pin_memory=device.type == "cuda",
                         persistent_workers=cfg.train.num_workers > 0, drop_last=True)
-    batches = itertools.cycle(iter(loader))  # cycles over the first epoch's batches after one pass
+
+    def fresh_batches():
+        """Every batch loaded anew: epochs advance rather than replaying stored batches."""
+        for epoch in itertools.count():
+            sampler.set_epoch(epoch)
+            yield from loader
+
+    batches = fresh_batches()
     first, _ = next(batches)
     in_memory = to_device(first, device, cfg.train.channels_last)
     optimizer = build_optimizer(method, cfg.optim, scaled_lr(cfg.optim, b))

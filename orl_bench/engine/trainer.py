@@ -150,7 +150,8 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
                 "train_wall_s_this_run": round(wall, 2), "steps_this_run": step - start_step,
                 "git_revision": git_revision(), "device": device_name(info.device),
                 "world_size": info.world_size, "sync_bn": info.distributed and cfg.train.sync_bn,
-                "torch": torch.__version__}
+                "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
+                "channels_last": info.device.type == "cuda" and t.channels_last, "torch": torch.__version__}
     if hasattr(dataset, "fallbacks"):  # counts of samples a dataset had to make up (e.g. ORL's)
         manifest["dataset_fallbacks"] = dataset.fallbacks
     if info.is_main:

@@ -115,12 +115,11 @@ def test_rerun_recomputes_only_missing_images(setup, first_run, tmp_path, monkey
     with pytest.raises(ValueError, match=r"differing: \['knn_k'\]"):
         discover(stage1, images.paths, images.coco, replace(PARAMS, knn_k=3), out)
     ss_calls, embedded = [], []
-    real_ss, real_embed = proposals.selective_search, stage2.embed_rois
+    real_ss, real_crop = proposals.selective_search, stage2.crop_rois
     monkeypatch.setattr(proposals, "selective_search",
                         lambda image: ss_calls.append(1) or real_ss(image))
-    monkeypatch.setattr(stage2, "embed_rois",
-                        lambda net, image, boxes, **kw: embedded.append(len(boxes)) or real_embed(
-                            net, image, boxes, **kw))
+    monkeypatch.setattr(stage2, "crop_rois",
+                        lambda image, boxes, **kw: embedded.append(len(boxes)) or real_crop(image, boxes, **kw))
     old = Correspondences.load(first_run / ARTIFACT)
 
     def rerun_after_deleting(files: list[Path]) -> Correspondences:
@@ -221,3 +220,36 @@ def test_params_are_validated():
     assert {k: info[k] for k in OFFICIAL_INFO_KEYS} == {
         "bbox_min_size": 96.0, "bbox_max_aspect_ratio": 3.0, "bbox_max_iou": 0.5,
         "intra_bbox_num": 100, "knn_image_num": 10, "knn_bbox_pair_ratio": 0.1}
+
+
+def test_batching_crops_across_images_does_not_change_embeddings(setup, first_run, tmp_path):
+    """One forward per image and one forward per many images give the same RoI files."""
+    stage1, images = setup
+    backbone = load_stage1(stage1).backbone
+    boxes = stage2._load_boxes(first_run / "boxes.npz")
+    positions = list(range(8))
+    outputs = {}
+    for batch in (1, 1000):
+        out = tmp_path / f"batch{batch}"
+        forwards = stage2.embed_images(backbone, images.paths, boxes, positions, out,
+                                       replace(PARAMS, batch_size=batch))
+        assert forwards == sum(len(boxes[i]) for i in positions)
+        outputs[batch] = [np.load(roi_path(out, i)) for i in positions]
+    for one, many, i in zip(outputs[1], outputs[1000], positions, strict=True):
+        assert one.shape == (len(boxes[i]), backbone.num_features)
+        np.testing.assert_allclose(one, many, atol=1e-5)
+
+
+def test_runs_over_the_same_images_share_proposals(setup, tmp_path, monkeypatch):
+    stage1, images = setup
+    shared = tmp_path / "proposals"
+    calls = []
+    real_ss = proposals.selective_search
+    monkeypatch.setattr(proposals, "selective_search", lambda image: calls.append(1) or real_ss(image))
+    discover(stage1, images.paths, images.coco, PARAMS, tmp_path / "k5", proposal_dir=shared)
+    assert len(calls) == N
+    other = Correspondences.load(discover(stage1, images.paths, images.coco, replace(PARAMS, knn_k=3),
+                                          tmp_path / "k3", proposal_dir=shared))
+    assert len(calls) == N and other.knn.shape == (N, 3)  # no image searched twice
+    with pytest.raises(ValueError, match="other inputs"):
+        discover(stage1, images.paths[:-1], None, PARAMS, tmp_path / "fewer", proposal_dir=shared)

@@ -57,32 +57,30 @@ def _normalised(image: torch.Tensor, device: torch.device) -> torch.Tensor:
     return ((x - mean) / std).unsqueeze(0)
 
 
-@torch.no_grad()
-def embed_rois(backbone: ResNet, image: torch.Tensor, boxes_xywh: np.ndarray, size: int = 224,
-               batch: int = 64) -> np.ndarray:
-    """(B, C) float32 L2-normalised embeddings of the boxes (xywh, original pixels) of one image:
-    each box cropped and resized to size x size, backbone res5, global average pool, L2.
-
-    The backbone runs in eval mode (its previous mode is restored); the projector is not used.
-    """
+def crop_rois(image: torch.Tensor, boxes_xywh: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """(B, 3, size, size) normalised crops of the boxes (xywh, original pixels) of one image."""
     boxes = np.asarray(boxes_xywh, np.float64)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"expected (B, 4) xywh boxes, got shape {boxes.shape}")
-    if len(boxes) == 0:
-        return np.zeros((0, backbone.num_features), np.float32)
-    device = next(backbone.parameters()).device
     x = _normalised(image, device)
     xyxy = torch.from_numpy(xywh_to_xyxy(boxes)).float()
     rois = torch.cat([torch.zeros(len(xyxy), 1), xyxy], dim=1).to(device)  # column 0: batch index
+    return roi_align(x, rois, output_size=size, spatial_scale=1.0, sampling_ratio=0, aligned=True)
+
+
+@torch.no_grad()
+def embed_crops(backbone: ResNet, crops: torch.Tensor, batch: int = 64) -> np.ndarray:
+    """(B, C) float32 L2-normalised res5 global-average features of `crops`, `batch` at a time.
+
+    The backbone runs in eval mode (its previous mode is restored); the projector is not used.
+    """
+    if len(crops) == 0:
+        return np.zeros((0, backbone.num_features), np.float32)
     was_training = backbone.training
     backbone.eval()
     try:
-        out = []
-        for start in range(0, len(rois), batch):
-            crops = roi_align(x, rois[start:start + batch], output_size=size, spatial_scale=1.0,
-                              sampling_ratio=0, aligned=True)
-            feat = backbone.taps(crops, {"res5"})["res5"].mean(dim=(2, 3))
-            out.append(F.normalize(feat.float(), dim=1).cpu())
+        out = [F.normalize(backbone.taps(crops[start:start + batch], {"res5"})["res5"].mean(dim=(2, 3)).float(),
+                           dim=1).cpu() for start in range(0, len(crops), batch)]
     finally:
         backbone.train(was_training)
     return torch.cat(out).numpy()

@@ -10,7 +10,8 @@ pair retrieval and the artifact. The folder holds:
   image_sizes.npy      (N, 2) width, height of each image; (0, 0) marks an unreadable image
   embeddings.npy       (N, D) stage-1 projector embeddings, L2; zero rows for unreadable images
   knn.npy              (N, K) neighbour positions
-  proposals/           raw selective-search boxes, one file per image (ProposalStore)
+  proposals/           raw selective-search boxes, one file per image (ProposalStore), unless
+                       a shared `proposal_dir` is given
   boxes.npz            the filtered boxes of every image (flat float32 xywh + counts)
   roi/<position>.npy   (B_i, C) RoI embeddings, each image embedded once
   correspondences.npz  the artifact (Correspondences), written last
@@ -50,7 +51,7 @@ from orl_bench.methods.orl.correspondence import Correspondences
 from orl_bench.methods.orl.proposals import (compute_proposals, gt_proposals,
                                              import_official_proposals, load_all)
 from orl_bench.methods.orl.retrieval import knn, retrieve_pairs
-from orl_bench.methods.orl.roi_embed import ForwardCounter, embed_rois
+from orl_bench.methods.orl.roi_embed import ForwardCounter, crop_rois, embed_crops
 from orl_bench.models.backbones import ResNet
 from orl_bench.registry import METHODS
 
@@ -204,18 +205,48 @@ def roi_path(out_dir: Path, i: int) -> Path:
     return Path(out_dir) / "roi" / f"{i:08d}.npy"
 
 
+class _Pixels(Dataset):
+    """(position, uint8 CHW tensor) of the images at `positions`, decoded in loader workers."""
+
+    def __init__(self, paths: list[Path], positions: list[int]):
+        self.paths, self.positions = paths, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, k: int) -> tuple[int, torch.Tensor]:
+        i = self.positions[k]
+        return i, v2.functional.pil_to_tensor(read_rgb(self.paths[i]))
+
+
 def embed_images(backbone: ResNet, paths: list[Path], boxes: list[np.ndarray], positions: list[int],
                  out_dir: Path, p: Stage2Params) -> int:
-    """Embed and save the RoIs of `positions`, one file per image as soon as it is done.
-    Returns the number of backbone forward images (= boxes embedded)."""
+    """Embed and save the RoIs of `positions`, one file per image as soon as its last crop is
+    embedded. Crops of consecutive images share forward passes of `batch_size` (one forward per
+    image would run ~3 crops at a time with ground-truth boxes and leave a GPU idle), and `workers`
+    loader processes decode the images. Returns the number of backbone forward images."""
+    device = next(backbone.parameters()).device
+    for i in positions:
+        if not len(boxes[i]):
+            save_npy(roi_path(out_dir, i), np.zeros((0, backbone.num_features), np.float32))
+    loader = DataLoader(_Pixels(paths, [i for i in positions if len(boxes[i])]), batch_size=None,
+                        num_workers=p.workers)
+    pending: list[tuple[int, torch.Tensor]] = []
+
+    def flush() -> None:
+        emb = embed_crops(backbone, torch.cat([crops for _, crops in pending]), p.batch_size)
+        for (i, crops), rows in zip(pending, np.split(emb, np.cumsum([len(c) for _, c in pending])[:-1]),
+                                    strict=True):
+            save_npy(roi_path(out_dir, i), rows)
+        pending.clear()
+
     with ForwardCounter(backbone) as counter:
-        for i in positions:
-            if len(boxes[i]):
-                pixels = v2.functional.pil_to_tensor(read_rgb(paths[i]))
-                emb = embed_rois(backbone, pixels, boxes[i], size=p.roi_size, batch=p.batch_size)
-            else:
-                emb = np.zeros((0, backbone.num_features), np.float32)
-            save_npy(roi_path(out_dir, i), emb)
+        for i, pixels in loader:
+            pending.append((i, crop_rois(pixels, boxes[i], size=p.roi_size, device=device)))
+            if sum(len(crops) for _, crops in pending) >= p.batch_size:
+                flush()
+        if pending:
+            flush()
     return counter.images
 
 
@@ -256,12 +287,16 @@ def _check_inputs(out_dir: Path, record: dict, info: DistInfo) -> None:
 
 
 def discover(stage1_dir: Path, paths: list[Path], coco: list[CocoDataset] | None,
-             params: Stage2Params, out_dir: Path, info: DistInfo | None = None) -> Path:
+             params: Stage2Params, out_dir: Path, info: DistInfo | None = None,
+             proposal_dir: Path | None = None) -> Path:
     """Build (or finish) the correspondence artifact of `paths` under `out_dir`; returns its path.
 
     `coco` (the datasets `paths` come from, in order) supplies image ids, file names and, for
     box_source "gt", the boxes; without it ids are positions and names the file names. Every
     rank must call this with the same arguments.
+    Selective-search proposals depend on the images alone, so runs over the same image list with
+    another stage 1, K or pair ratio can share `proposal_dir` (default: `out_dir/proposals`);
+    a folder made for another image list is refused.
     """
     info = info or DistInfo(0, 1, 0, torch.device("cpu"))
     out_dir, paths = Path(out_dir), [Path(x) for x in paths]
@@ -278,6 +313,9 @@ def discover(stage1_dir: Path, paths: list[Path], coco: list[CocoDataset] | None
               "file_names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
               **to_dict(params, for_hash=True)}
     _check_inputs(out_dir, record, info)
+    proposal_dir = Path(proposal_dir or out_dir / "proposals")
+    if params.box_source == "selective_search":
+        _check_inputs(proposal_dir, {k: record[k] for k in ("images", "file_names_sha256")}, info)
     if final.exists():
         return final
     timings: dict[str, float] = {}
@@ -299,11 +337,11 @@ def discover(stage1_dir: Path, paths: list[Path], coco: list[CocoDataset] | None
             save_npy(files["knn.npy"], knn(np.load(files["embeddings.npy"]), params.knn_k))
     if params.box_source == "selective_search" and not files["boxes.npz"].exists():
         with _timed(timings, "proposals"):
-            compute_proposals(paths, out_dir / "proposals", params.workers, info.rank, info.world_size)
+            compute_proposals(paths, proposal_dir, params.workers, info.rank, info.world_size)
     barrier(info)
     if info.is_main and not files["boxes.npz"].exists():
         with _timed(timings, "boxes"):
-            raw = _raw_boxes(params, n, coco, out_dir / "proposals")
+            raw = _raw_boxes(params, n, coco, proposal_dir)
             _save_boxes(files["boxes.npz"], filtered_boxes(raw, np.load(files["image_sizes.npy"]), params))
     barrier(info)
     boxes = _load_boxes(files["boxes.npz"])

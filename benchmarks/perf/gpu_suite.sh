@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# What to run on a GPU machine: the CUDA tests (bf16 autocast, channels_last, CUDA artifacts),
+# then the perf benchmarks at the paper's network and resolution (ResNet-50, 224 px views, 96 px
+# RoI patches) on COCO-sized (640 x 480) embedded scenes, so no real data is needed.
+#   RESULTS=results/perf BATCH=256 bash benchmarks/perf/gpu_suite.sh
+# Selective search is CPU work measured by orl_stage2.py on CPU machines; here stage 2 takes the
+# ground-truth boxes, so OpenCV's contrib build is not needed on the GPU machine.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RESULTS=${RESULTS:-results/perf}
+BATCH=${BATCH:-256}
+WORK=${WORK:-$(mktemp -d)}
+PY=${PYTHON:-python3}
+mkdir -p "$RESULTS"
+
+$PY -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tee "$RESULTS/gpu_tests.log"
+
+SCENES=(--set data.source=synth --set "data.synth={height: 480, width: 640, coco_train: 2048, coco_val: 0, voc_trainval: 0, voc_test: 0}")
+RUN=("${SCENES[@]}" --set "train.batch_size=$BATCH" --set train.epochs=1)
+$PY benchmarks/perf/pretrain_throughput.py --method byol --recipe paper "${RUN[@]}" --steps 20 \
+  --workdir "$WORK" --out "$RESULTS/pretrain_byol_paper_gpu.json"
+# The same with the kernel blur (views.blur=kernel) instead of the official PIL blur, in this run.
+$PY benchmarks/perf/pretrain_throughput.py --method byol --recipe paper "${RUN[@]}" --set method.views.blur=kernel \
+  --steps 20 --workdir "$WORK" --out "$RESULTS/pretrain_byol_paper_kernel_blur_gpu.json"
+# ORL's chain: a 1-epoch stage 1 (only to mine pairs), stage 2 on ground-truth boxes, then stage 3.
+$PY benchmarks/perf/pretrain_throughput.py --method orl --recipe paper "${RUN[@]}" \
+  --set method.stage2.box_source=gt --steps 20 --workdir "$WORK" --out "$RESULTS/pretrain_orl_paper_gpu.json"
+STAGE1=$(dirname "$(ls "$WORK"/artifacts/byol-*/manifest.json | head -n 1)")
+$PY benchmarks/perf/orl_stage2.py --stage1 "$STAGE1" --recipe paper --set box_source=gt \
+  --recipe-set data.source=synth --recipe-set "${SCENES[3]}" --workdir "$WORK" --out "$RESULTS/orl_stage2_paper_gpu.json"
