@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -18,12 +19,13 @@ from orl_bench import pipeline
 from orl_bench.config import (RECIPE_KINDS, ConfigError, DataConfig, apply_overrides, dump_yaml, find_recipe,
                               from_dict, load_yaml_recipe, recipe_root)
 from orl_bench.data.images import DatasetLayoutError
-from orl_bench.engine.checkpoint import CheckpointError, load_backbone
+from orl_bench.engine.checkpoint import CheckpointError, load_backbone, read_manifest
 from orl_bench.engine.distributed import init_distributed
 from orl_bench.engine.export import export
 from orl_bench.methods.orl.correspondence import Correspondences
 from orl_bench.methods.orl.pair_quality import pair_quality
 from orl_bench.registry import METHODS, TASKS, RegistryError
+from orl_bench.results import diagnose
 from orl_bench.results.figures import correspondence_grid
 from orl_bench.results.paper import load_reference
 from orl_bench.results.records import load_records, records_path
@@ -168,6 +170,29 @@ def cmd_viz(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    workdir = workdir_of(args)
+    pre_over, task_over = pipeline.split_overrides(seed_overrides(args))
+    if args.artifact:
+        if pre_over:
+            raise ConfigError(f"--artifact fixes the pretraining config; only task.* overrides apply, got {pre_over}")
+        folder, recipe = Path(args.artifact), read_manifest(Path(args.artifact)).get("recipe", args.recipe)
+    else:
+        cfg = pipeline.load_pretrain_config(args.method, args.recipe, pre_over)
+        build = ["orl-bench", "pretrain", "--method", args.method, "--recipe", args.recipe,
+                 *(a for o in pre_over for a in ("--set", o)), *(["--workdir", args.workdir] if args.workdir else [])]
+        folder, recipe = diagnose.find_artifact(workdir, cfg, shlex.join(build)), args.recipe
+    task_cfg = None
+    if args.eval_layers:
+        task_cfg = pipeline.load_task_config(diagnose.TASK, args.task_recipe or pipeline.benchmark_recipe(recipe),
+                                             task_over + [f"features.layers=[{args.eval_layers}]"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    report = diagnose.diagnose(folder, workdir, device, task_cfg, args.images, args.sample_seed)
+    print(diagnose.write_report(workdir, report), end="")
+    print(f"wrote {workdir / 'diagnostics' / folder.name}.json and .md")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     backbone, manifest = load_backbone(Path(args.artifact))
     out = Path(args.out)
@@ -239,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG path (default <workdir>/figures/pairs-<stage-2 folder>.png)")
     add_common(p)
     p.set_defaults(fn=cmd_viz)
+
+    p = sub.add_parser("diagnose", help="explain an artifact's benchmark number: image kNN precision, stage-2 pair "
+                                        "quality, how often two views show different objects, SVM mAP per layer, "
+                                        "each beside its chance level; trains nothing")
+    p.add_argument("--method", default="byol", help="method of the artifact to diagnose (found by its recipe)")
+    p.add_argument("--seed", type=int, help="pretraining seed of that artifact")
+    p.add_argument("--artifact", help="diagnose this artifact folder instead of the recipe's")
+    p.add_argument("--images", type=int, default=500, help="images sampled for the two-view statistics")
+    p.add_argument("--sample-seed", type=int, default=0, help="which images and crops the two-view statistics draw")
+    p.add_argument("--eval-layers", help="first run voc07_svm on these layers, e.g. conv1,res2,res3,res4,res5")
+    p.add_argument("--task-recipe", help="benchmark recipe for --eval-layers (default: the scale of the recipe)")
+    add_common(p)
+    p.set_defaults(fn=cmd_diagnose)
 
     p = sub.add_parser("export", help="convert an artifact's backbone for other frameworks")
     p.add_argument("artifact", help="artifact folder")

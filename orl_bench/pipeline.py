@@ -34,6 +34,8 @@ from orl_bench.results.records import append_records, load_records, now_iso
 from orl_bench.tasks.base import BackboneRef
 
 RANDOM = "random"  # not a plugin: the randomly initialised backbone of a recipe, as a baseline row
+# The backbone fields of a record that is about the data alone (a task's chance level).
+NO_BACKBONE = {"artifact_sha256": None, "artifact": None, "recipe": "-", "config_hash": None, "seed": None}
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -192,20 +194,29 @@ def evaluate(task_cfg: TaskConfig, ref: BackboneRef, workdir: Path, device: torc
     """Run one task on one backbone and append its records (all or none) to the record store.
 
     Evaluation is deterministic, so records already stored for the same backbone (sha256) and
-    task config (hash) are returned instead of recomputed. Returns (records, reused).
+    task config (hash) are returned instead of recomputed. Rows naming their own method (the
+    chance level) carry no backbone and are appended only if the store lacks them. Returns (the
+    backbone's records plus the stored backbone-free ones of its datasets, reused).
     """
     task_hash = config_hash(task_cfg)
-    stored = [r for r in load_records(workdir) if r["task"] == task_cfg.name
-              and r["artifact_sha256"] == ref.sha256 and r.get("task_config_hash") == task_hash]
-    if stored:
-        return stored, True
-    t0 = time.perf_counter()
-    task = TASKS.get(task_cfg.name)(task_cfg, workdir, device)
-    rows = task.evaluate(ref)
-    wall = round(time.perf_counter() - t0, 2)
-    common = {"task": task_cfg.name, "method": ref.method, "artifact_sha256": ref.sha256, "artifact": ref.path,
-              "recipe": ref.recipe, "task_config_hash": task_hash, "git_revision": git_revision(),
-              "device": device_name(device), "wall_time_s": wall, "timestamp": now_iso(), **(extra or {})}
-    records = [{**common, **row} for row in rows]
-    append_records(workdir, records)
-    return records, False
+    stored = [r for r in load_records(workdir) if r["task"] == task_cfg.name]
+    records = [r for r in stored if r["artifact_sha256"] == ref.sha256 and r.get("task_config_hash") == task_hash]
+    reused = bool(records)
+    if not reused:
+        t0 = time.perf_counter()
+        task = TASKS.get(task_cfg.name)(task_cfg, workdir, device)
+        rows = task.evaluate(ref)
+        common = {"task": task_cfg.name, "task_config_hash": task_hash, "git_revision": git_revision(),
+                  "device": device_name(device), "wall_time_s": round(time.perf_counter() - t0, 2),
+                  "timestamp": now_iso()}
+        backbone = {"method": ref.method, "artifact_sha256": ref.sha256, "artifact": ref.path, "recipe": ref.recipe,
+                    **(extra or {})}
+        records = [{**common, **backbone, **row} for row in rows if "method" not in row]
+        # Backbone-free rows are the same for every backbone: one per (method, metric, dataset) in the store.
+        have = {(r["method"], r["metric"], r["dataset"]) for r in stored if r["artifact_sha256"] is None}
+        free = [{**common, **NO_BACKBONE, **row} for row in rows if "method" in row
+                and (row["method"], row["metric"], row["dataset"]) not in have]
+        append_records(workdir, records + free)
+        stored += free
+    datasets = {r["dataset"] for r in records}
+    return records + [r for r in stored if r["artifact_sha256"] is None and r["dataset"] in datasets], reused

@@ -8,7 +8,10 @@ a CPU-only machine.
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,15 +35,22 @@ def _pair(size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Te
 
 # One training batch per trainable method, in the layout its dataset yields. A newly registered
 # method fails `test_every_trainable_method_has_a_gpu_batch` until it gets an entry here.
+CLASSES = 5
 BATCHES = {
     "byol": lambda g: _pair(VIEW, g),
     "orl": lambda g: (_pair(VIEW, g), _pair(PATCH, g), _pair(PATCH, g)),
+    "supervised": lambda g: (torch.randn(BATCH, 3, VIEW, VIEW, generator=g).cuda(),
+                             (torch.rand(BATCH, CLASSES, generator=g) > 0.7).float().cuda()),
 }
 
 
 def _method(name: str, channels_last: bool = True):
     cfg = pipeline.load_pretrain_config(name, "tiny", [f"train.channels_last={str(channels_last).lower()}"])
-    return build_method(cfg, CUDA)
+    inputs = None
+    if name == "supervised":  # its classifier is sized by the labels file
+        inputs = {"labels": Path(tempfile.mkdtemp()) / "labels.npy"}
+        np.save(inputs["labels"], np.zeros((BATCH, CLASSES), np.uint8))
+    return build_method(cfg, CUDA, inputs)
 
 
 def test_every_trainable_method_has_a_gpu_batch():

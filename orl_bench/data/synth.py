@@ -31,10 +31,10 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from orl_bench.data.synth_scene import (SceneObject, category_names, category_table, is_difficult,
-                                        render_scene)
+from orl_bench.data.synth_scene import (SceneObject, SceneStyle, category_names, category_table,
+                                        is_difficult, render_scene)
 
-GENERATOR_VERSION = 1  # bump when the output changes for an unchanged spec: new cache key
+GENERATOR_VERSION = 2  # bump when the output changes for an unchanged spec: new cache key
 VOC_SUBDIR = Path("VOCdevkit") / "VOC2007"
 _CHUNK = 64  # images per worker task
 _JPEG_QUALITY = 95
@@ -54,6 +54,11 @@ class SynthSpec:
     voc_test: int = 2000
     min_objects: int = 2
     max_objects: int = 6
+    object_size: tuple[float, float] = SceneStyle.object_size
+    saturation: tuple[float, float] = SceneStyle.saturation
+    grating: float = SceneStyle.grating
+    clutter: tuple[int, int] = SceneStyle.clutter
+    backdrop: float = SceneStyle.backdrop
 
     def __post_init__(self) -> None:
         category_table(self.num_categories)  # validates the range
@@ -62,10 +67,20 @@ class SynthSpec:
                              f"{self.max_objects}")
         if min(self.height, self.width) < 32:
             raise ValueError(f"images must be >= 32 px a side, got {self.height}x{self.width}")
+        if not 0 < self.object_size[0] <= self.object_size[1] <= 1:
+            raise ValueError(f"object_size must satisfy 0 < lo <= hi <= 1 (diameter / short side), got {self.object_size}")
+        if not 0 <= self.saturation[0] <= self.saturation[1] <= 1 or self.grating < 0 or \
+                not 0 <= self.clutter[0] <= self.clutter[1] or not 0 <= self.backdrop <= 1:
+            raise ValueError(f"need 0 <= saturation lo <= hi <= 1, grating >= 0, 0 <= clutter lo <= hi and "
+                             f"0 <= backdrop <= 1; got {self.saturation}, {self.grating}, {self.clutter}, {self.backdrop}")
         counts = (self.coco_train, self.coco_val, self.coco_unlabeled, self.voc_trainval,
                   self.voc_test)
         if min(counts) < 0:
             raise ValueError(f"image counts must be >= 0, got {counts}")
+
+    def style(self) -> SceneStyle:
+        return SceneStyle(tuple(self.object_size), tuple(self.saturation), self.grating, tuple(self.clutter),
+                          self.backdrop)
 
     def digest(self) -> str:
         payload = json.dumps({"generator": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
@@ -148,7 +163,7 @@ def _render_chunk(job: tuple[SynthSpec, _Split, int, int, Path]) -> list[list[di
     out = []
     for index in range(start, stop):
         image, objects = render_scene(image_rng(spec, split.name, index), spec.height, spec.width,
-                                      spec.num_categories, spec.min_objects, spec.max_objects)
+                                      spec.num_categories, spec.min_objects, spec.max_objects, spec.style())
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
         if not ok:

@@ -16,11 +16,12 @@ import cv2
 import numpy as np
 
 SHAPES = ("star", "ring", "cross", "crescent", "triangle", "hexagon",
-          "heart", "arrow", "lshape", "ellipse", "chevron", "semicircle")
-TEXTURES = ("solid", "striped", "dotted", "checkered", "concentric")
+          "heart", "arrow", "lshape", "ellipse", "chevron", "semicircle",
+          "diamond", "tshape", "hourglass", "dumbbell", "clover", "zigzag", "frame", "teardrop")
+TEXTURES = ("solid", "striped", "dotted", "checkered", "concentric",
+            "grid", "waves", "rays", "halves", "blotched")
 MAX_CATEGORIES = len(SHAPES) * len(TEXTURES)
 
-OBJECT_SIZE = (0.15, 0.55)  # object extent (bounding-circle diameter) / image short side
 DIFFICULT_VISIBLE_FRACTION = 0.35  # difficult if less of its own mask than this is visible ...
 DIFFICULT_MIN_SIDE = 0.08  # ... or if the visible box's shorter side is below this x short side
 _PLACEMENT_TRIES = 20
@@ -30,8 +31,8 @@ Poly = np.ndarray  # (k, 2) float, unit-disc coordinates
 
 def category_table(n: int) -> list[tuple[str, str]]:
     """(texture, shape) of categories 0..n-1: every shape once with rotating textures, then
-    again with the next texture, and so on. Beyond 12 categories, shapes repeat and only the
-    texture tells such classes apart."""
+    again with the next texture, and so on. Up to 20 categories every class has its own shape;
+    beyond, shapes repeat and only the texture tells such classes apart."""
     if not 1 <= n <= MAX_CATEGORIES:
         raise ValueError(f"num_categories must be in 1..{MAX_CATEGORIES}, got {n}")
     s, t = len(SHAPES), len(TEXTURES)
@@ -133,11 +134,71 @@ def _semicircle(rng):
     return [_fit(_polar(a, 1.0) * (1.0, rng.uniform(0.7, 1.0)))], []
 
 
+def _diamond(rng):
+    return [_fit(np.array([(1, 0), (0, rng.uniform(0.45, 0.65)), (-1, 0), (0, -rng.uniform(0.45, 0.65))]))], []
+
+
+def _tshape(rng):
+    t, bar = rng.uniform(0.14, 0.22), rng.uniform(0.75, 1.0)
+    return [_fit(np.array([(-bar, 1), (bar, 1), (bar, 1 - 2 * t), (t, 1 - 2 * t), (t, -1), (-t, -1),
+                           (-t, 1 - 2 * t), (-bar, 1 - 2 * t)]))], []
+
+
+def _hourglass(rng):
+    waist = rng.uniform(0.08, 0.2)
+    return [_fit(np.array([(-1, -1), (1, -1), (waist, 0), (1, 1), (-1, 1), (-waist, 0)]) *
+                 (rng.uniform(0.6, 0.8), 1.0))], []
+
+
+def _dumbbell(rng):
+    r, t = rng.uniform(0.3, 0.4), rng.uniform(0.08, 0.14)
+    bar = np.array([(-0.6, -t), (0.6, -t), (0.6, t), (-0.6, t)])
+    return [_ellipse(r, r, -1 + r), _ellipse(r, r, 1 - r), bar], []
+
+
+def _clover(rng):
+    r = rng.uniform(0.38, 0.45)
+    lobes = [_ellipse(r, r, 0.0) + _polar(np.array([a]), 1 - r) for a in np.arange(4) * np.pi / 2]
+    return lobes, []
+
+
+def _zigzag(rng):
+    t, k = rng.uniform(0.16, 0.24), 3
+    xs = np.linspace(-1, 1, k + 1)
+    ys = np.where(np.arange(k + 1) % 2 == 0, -0.5, 0.5) * rng.uniform(0.8, 1.2)
+    top = np.stack([xs, ys + t], 1)
+    return [_fit(np.concatenate([top, np.stack([xs, ys - t], 1)[::-1]]))], []
+
+
+def _frame(rng):
+    a, b, t = 1.0, rng.uniform(0.7, 1.0), rng.uniform(0.22, 0.32)
+    outer = np.array([(-a, -b), (a, -b), (a, b), (-a, b)]) / np.hypot(a, b)
+    return [outer], [outer * (1 - t)]
+
+
+def _teardrop(rng):
+    t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    tip = rng.uniform(1.3, 1.8)
+    return [_fit(np.stack([np.cos(t), np.sin(t) * np.sin(t / 2) ** tip], 1))], []
+
+
 _SHAPE_FNS: dict[str, Callable[[np.random.Generator], tuple[list[Poly], list[Poly]]]] = {
     "star": _star, "ring": _ring, "cross": _cross, "crescent": _crescent,
     "triangle": _triangle, "hexagon": _hexagon, "heart": _heart, "arrow": _arrow,
     "lshape": _lshape, "ellipse": _ellipse_shape, "chevron": _chevron, "semicircle": _semicircle,
+    "diamond": _diamond, "tshape": _tshape, "hourglass": _hourglass, "dumbbell": _dumbbell,
+    "clover": _clover, "zigzag": _zigzag, "frame": _frame, "teardrop": _teardrop,
 }
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    """How scenes look beyond their categories; each field trades difficulty for signal."""
+    object_size: tuple[float, float] = (0.15, 0.55)  # bounding-circle diameter / image short side
+    saturation: tuple[float, float] = (0.2, 1.0)  # object colours (colour is per instance, a nuisance)
+    grating: float = 12.0  # max amplitude of the background's faint grating (a per-scene signature)
+    clutter: tuple[int, int] = (8, 20)  # background strokes, scribbles and dots per scene
+    backdrop: float = 1.0  # colour range of the background gradient around mid-grey (1 = full)
 
 
 # --- instances ---
@@ -167,10 +228,9 @@ def _silhouette(rng, shape: str, centre: np.ndarray, radius: float, hw: tuple[in
     squash = np.array([1.0, rng.uniform(0.8, 1.0)])  # aspect jitter, stays inside the disc
     mask = np.zeros(hw, np.uint8)
     for polys, value in ((filled, 1), (holes, 0)):
-        if polys:
-            pts = [(centre + radius * (p * squash) @ rot.T) * (1 << _SUBPIXEL) for p in polys]
-            pts = [np.round(p).astype(np.int32) for p in pts]
-            cv2.fillPoly(mask, pts, value, cv2.LINE_8, shift=_SUBPIXEL)
+        for p in polys:  # one at a time: overlapping parts (a clover's lobes) stay filled
+            pts = np.round((centre + radius * (p * squash) @ rot.T) * (1 << _SUBPIXEL)).astype(np.int32)
+            cv2.fillPoly(mask, [pts], value, cv2.LINE_8, shift=_SUBPIXEL)
     return mask.astype(bool)
 
 
@@ -186,7 +246,8 @@ def _place(rng, centres: list[tuple[float, float]], radius: float,
     return cands[int(d.argmax())]
 
 
-def _sample_objects(rng, hw, num_categories, min_objects, max_objects) -> list[SceneObject]:
+def _sample_objects(rng, hw, num_categories, min_objects, max_objects,
+                    object_size: tuple[float, float]) -> list[SceneObject]:
     """Back-to-front instances; a candidate that would hide an earlier object completely is
     redrawn (position and size), so every placed object keeps some visible pixels."""
     table = category_table(num_categories)
@@ -196,7 +257,7 @@ def _sample_objects(rng, hw, num_categories, min_objects, max_objects) -> list[S
         category = int(rng.integers(num_categories))
         texture, shape = table[category]
         for _ in range(_PLACEMENT_TRIES):
-            radius = short * _u(rng, *OBJECT_SIZE) / 2
+            radius = short * _u(rng, *object_size) / 2
             centre = _place(rng, [o.centre for o in objects], radius, hw)
             mask = _silhouette(rng, shape, centre, radius, hw)
             if mask.any() and all((o.visible & ~mask).any() for o in objects):
@@ -212,16 +273,16 @@ def _sample_objects(rng, hw, num_categories, min_objects, max_objects) -> list[S
 
 # --- painting ---
 
-def _colour(rng, value: float) -> np.ndarray:
-    rgb = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.2, 1.0), value)
+def _colour(rng, value: float, saturation: tuple[float, float]) -> np.ndarray:
+    rgb = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(*saturation), value)
     return np.array(rgb, np.float32) * 255
 
 
-def _colour_pair(rng) -> tuple[np.ndarray, np.ndarray]:
+def _colour_pair(rng, saturation: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """Two random colours whose brightness differs enough for the texture to survive grayscale."""
     v1 = rng.uniform(0.25, 1.0)
     v2 = rng.uniform(0.1, v1 - 0.35) if v1 >= 0.6 else rng.uniform(v1 + 0.35, 1.0)
-    return _colour(rng, v1), _colour(rng, v2)
+    return _colour(rng, v1, saturation), _colour(rng, v2, saturation)
 
 
 def _texture(rng, texture: str, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
@@ -243,10 +304,23 @@ def _texture(rng, texture: str, x: np.ndarray, y: np.ndarray, radius: float) -> 
     if texture == "concentric":
         dx, dy = _u(rng, -0.2, 0.2) * radius, _u(rng, -0.2, 0.2) * radius
         return np.sin(np.hypot(x - dx, y - dy) * (2 * np.pi / period) + phi) > _u(rng, -0.3, 0.3)
+    if texture == "grid":
+        width = _u(rng, 0.2, 0.3)
+        return (u % 1 < width) | (v % 1 < width)
+    if texture == "waves":
+        return np.sin(2 * np.pi * (u + _u(rng, 0.25, 0.4) * np.sin(2 * np.pi * v / 2))) > 0
+    if texture == "rays":
+        return np.sin(np.arctan2(y, x) * int(rng.integers(3, 6)) + phi) > 0
+    if texture == "halves":
+        return x * np.cos(phi) + y * np.sin(phi) > _u(rng, -0.2, 0.2) * radius
+    if texture == "blotched":  # camouflage: three random plane waves, thresholded
+        waves = sum(np.sin(2 * np.pi * (x * np.cos(a) + y * np.sin(a)) / period + _u(rng, 0, 2 * np.pi))
+                    for a in rng.uniform(0, np.pi, 3))
+        return waves > 0
     raise ValueError(f"unknown texture {texture!r}")
 
 
-def _paint(rng, canvas: np.ndarray, obj: SceneObject) -> None:
+def _paint(rng, canvas: np.ndarray, obj: SceneObject, saturation: tuple[float, float]) -> None:
     (cx, cy), r = obj.centre, obj.radius  # the shape lies in this disc
     h, w = obj.mask.shape
     y0, y1 = max(0, int(cy - r)), min(h, int(cy + r) + 2)
@@ -254,7 +328,7 @@ def _paint(rng, canvas: np.ndarray, obj: SceneObject) -> None:
     x = np.arange(x0, x1, dtype=np.float32)[None, :] - cx
     y = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
     pattern = _texture(rng, obj.texture, x, y, r)
-    base, ink = _colour_pair(rng)
+    base, ink = _colour_pair(rng, saturation)
     light = _u(rng, 0, 2 * np.pi)  # a soft directional shading, as on a lit object
     gain = _u(rng, 0, 0.25) / r
     shade = 1 + x * (gain * np.cos(light)) + y * (gain * np.sin(light))
@@ -263,21 +337,21 @@ def _paint(rng, canvas: np.ndarray, obj: SceneObject) -> None:
     canvas[y0:y1, x0:x1][m] = pixels[m]
 
 
-def _background(rng, hw: tuple[int, int]) -> np.ndarray:
+def _background(rng, hw: tuple[int, int], style: SceneStyle) -> np.ndarray:
     """Float32 (H, W, 3): a smooth random gradient with low-frequency blotches, a faint grating,
     and clutter (strokes, scribbles, dots in random colours) that is never a category shape."""
     h, w = hw
-    corners = rng.uniform(0, 255, (2, 2, 3)).astype(np.float32)
+    corners = (127.5 + (rng.uniform(0, 255, (2, 2, 3)) - 127.5) * style.backdrop).astype(np.float32)
     blotches = rng.standard_normal((5, 5, 3)).astype(np.float32) * _u(rng, 8, 25)
     canvas = (cv2.resize(corners, (w, h), interpolation=cv2.INTER_LINEAR)
               + cv2.resize(blotches, (w, h), interpolation=cv2.INTER_LINEAR))
     b, period = _u(rng, 0, 2 * np.pi), _u(rng, 4, 16)
     x = np.arange(w, dtype=np.float32)[None, :] * (2 * np.pi * np.cos(b) / period)
     y = np.arange(h, dtype=np.float32)[:, None] * (2 * np.pi * np.sin(b) / period)
-    grating = np.sin(x + y) * _u(rng, 0, 12)
+    grating = np.sin(x + y) * _u(rng, 0, style.grating)
     canvas += cv2.merge([grating] * 3)
     # clutter: straight strokes, 4-point scribbles and dots, never a category shape
-    n = int(rng.integers(8, 21))
+    n = int(rng.integers(style.clutter[0], style.clutter[1] + 1))
     kinds, thick = rng.integers(3, size=n).tolist(), rng.integers(1, 3, size=n).tolist()
     colours = rng.uniform(0, 255, (n, 3)).tolist()
     steps = np.cumsum(rng.uniform(-0.1, 0.1, (n, 4, 2)), 1) * min(hw)
@@ -293,13 +367,14 @@ def _background(rng, hw: tuple[int, int]) -> np.ndarray:
 
 
 def render_scene(rng: np.random.Generator, height: int, width: int, num_categories: int,
-                 min_objects: int, max_objects: int) -> tuple[np.ndarray, list[SceneObject]]:
+                 min_objects: int, max_objects: int,
+                 style: SceneStyle = SceneStyle()) -> tuple[np.ndarray, list[SceneObject]]:
     """An RGB uint8 (H, W, 3) scene and its objects, back to front."""
     hw = (height, width)
-    canvas = _background(rng, hw)
-    objects = _sample_objects(rng, hw, num_categories, min_objects, max_objects)
+    canvas = _background(rng, hw, style)
+    objects = _sample_objects(rng, hw, num_categories, min_objects, max_objects, style.object_size)
     for obj in objects:
-        _paint(rng, canvas, obj)
+        _paint(rng, canvas, obj, style.saturation)
     # sensor-like noise; uniform bytes are ~10x cheaper to draw than normal variates
     noise = np.frombuffer(rng.bytes(canvas.size), np.uint8).reshape(canvas.shape)
     canvas += (noise.astype(np.float32) - 127.5) * np.float32(rng.uniform(2, 6) / 73.6)

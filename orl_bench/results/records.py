@@ -11,6 +11,7 @@ from typing import Any
 from orl_bench.io import append_jsonl, read_jsonl
 
 RECORDS_FILE = "records.jsonl"
+CHANCE = "chance"  # method of a task's chance-level records: from the test labels, no backbone
 REQUIRED = ("task", "metric", "value", "method", "artifact_sha256", "recipe", "dataset", "config_hash",
             "git_revision", "device", "wall_time_s", "timestamp")
 

@@ -2,7 +2,8 @@
 
 Records are grouped by (task, metric, layer, k, method, recipe, epochs, setup, dataset, variant), the
 setup being the pretraining config without its seed (so a `--set` override is its own row); seeds
-are aggregated as mean, std and count. Markdown for people, CSV for tools.
+are aggregated as mean, std and count. A task's chance-level row comes first, the floor its
+methods are read against. Markdown for people, CSV for tools.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import statistics
 from typing import Any
 
 from orl_bench.results.paper import PaperReference
+from orl_bench.results.records import CHANCE
 
 GROUP_KEYS = ("task", "metric", "layer", "k", "method", "recipe", "epochs", "setup_hash", "dataset", "variant")
 
@@ -21,13 +23,18 @@ def _variant(record: dict[str, Any]) -> str:
                     for k, v in sorted(record.get("variant", {}).items()))
 
 
+def _order(key: tuple) -> tuple:
+    row = dict(zip(GROUP_KEYS, key))
+    return str(row["task"]), row["method"] != CHANCE, tuple(str(x) for x in key)
+
+
 def summarize(records: list[dict[str, Any]], paper: PaperReference) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in records:
         key = tuple(_variant(r) if k == "variant" else r.get(k) for k in GROUP_KEYS)
         groups.setdefault(key, []).append(r)
     rows = []
-    for key, items in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+    for key, items in sorted(groups.items(), key=lambda kv: _order(kv[0])):
         values = [r["value"] for r in items]
         row = dict(zip(GROUP_KEYS, key))
         first = items[0]

@@ -24,7 +24,9 @@ class BackboneRef:
 class Task:
     """Subclasses declare `Params` (filled from the benchmark recipe's `params:` section) and
     implement `evaluate`, returning records with at least task-specific `metric` and `value`;
-    the pipeline adds the common provenance fields."""
+    the pipeline adds the common provenance fields. A record that names its own `method` (e.g. the
+    chance level) is about the data, not the backbone: it gets no artifact, pretraining config or
+    seed, and is stored once per (task, method, metric, dataset)."""
 
     Params: ClassVar[type] = NoParams
 

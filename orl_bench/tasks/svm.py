@@ -164,6 +164,17 @@ def voc_ap(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
 
 
+def chance_ap(labels: np.ndarray) -> np.ndarray:
+    """Per class (N x C labels in {1, 0, -1}), the positive rate among rows not labelled -1: the
+    chance level of ``voc_ap`` (a random ranking's expected AP as the split grows). Fractions."""
+    y = _labels(labels, "labels", 2)
+    positives = (y == 1).sum(axis=0)
+    if not positives.all():
+        missing = np.flatnonzero(positives == 0).tolist()
+        raise ValueError(f"AP is undefined: classes {missing} have no positive (label 1) rows")
+    return positives / (y != -1).sum(axis=0)
+
+
 def _fit(x: np.ndarray, y: np.ndarray, cost: float) -> tuple[LinearSVC, bool]:
     # Non-convergence is counted and reported in the result, so liblinear's per-fit warning
     # (hundreds per run at the small costs) is silenced here, inside the worker process.

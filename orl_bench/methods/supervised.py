@@ -1,0 +1,117 @@
+"""Supervised pretraining: the paper's "Supervised" row, the ceiling of every benchmark table.
+
+The same backbone trained with labels instead of a pretext task. On scene data (the embedded
+scenes, COCO) the labels are the image-level categories of the instances JSON and the loss is
+multi-label binary cross-entropy: an image is positive for every category it contains. The
+label matrix is built once per image list (`build_inputs`), so its sha256 keys the artifact like
+any other input, and a relabelled dataset cannot silently reuse an old artifact.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from orl_bench.config import ConfigError, PretrainConfig
+from orl_bench.data.pretrain_dataset import ViewsDataset
+from orl_bench.data.sources import ImageList
+from orl_bench.data.views import ViewParams, view_transform
+from orl_bench.engine.distributed import barrier
+from orl_bench.io import save_npy
+from orl_bench.methods.base import Method, Progress, StageContext
+from orl_bench.registry import METHODS
+
+LABELS = "labels.npy"
+
+
+@dataclass(frozen=True)
+class SupervisedViews(ViewParams):
+    """One view per image. The crop keeps at least half the image so that an image-level label
+    still describes what the view shows; colour jitter and grayscale keep colour a nuisance, as
+    in the self-supervised recipes; no blur or solarize."""
+    scale: tuple[float, float] = (0.5, 1.0)
+    blur_p: tuple[float, float] = (0.0, 0.0)
+    solarize_p: tuple[float, float] = (0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class SupervisedParams:
+    views: SupervisedViews = field(default_factory=SupervisedViews)
+
+
+def multi_hot(images: ImageList) -> np.ndarray:
+    """(N, C) uint8: image i contains category c, c ranked by category id across the splits."""
+    ids = sorted({c["id"] for s in images.coco for c in s.categories})
+    if not ids:
+        raise ConfigError(f"supervised pretraining needs labelled images, but {images.key} declares no "
+                          "categories in its instances JSON")
+    column = {cid: j for j, cid in enumerate(ids)}
+    rows = []
+    for split in images.coco:
+        if split.split == "unlabeled2017":
+            raise ConfigError("supervised pretraining cannot use unlabeled2017 (COCO+): use data.source=coco")
+        for i in range(len(split)):
+            row = np.zeros(len(ids), np.uint8)
+            row[[column[c] for c in split.category_ids(i)]] = 1
+            rows.append(row)
+    return np.stack(rows)
+
+
+class LabelledViews(Dataset):
+    """ViewsDataset's views (seeded per sample, unreadable images reported) with their label row."""
+
+    def __init__(self, views: ViewsDataset, labels: np.ndarray):
+        if len(labels) != len(views):
+            raise ValueError(f"{len(labels)} label rows for {len(views)} images: the labels file "
+                             "belongs to another image list")
+        self.views, self.labels = views, torch.from_numpy(labels.astype(np.float32))
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, key: int) -> tuple[int, Any]:
+        index, view = self.views[key]
+        return index, None if view is None else (view, self.labels[index])
+
+
+@METHODS.register("supervised")
+class Supervised(Method):
+    Params = SupervisedParams
+
+    def __init__(self, cfg: PretrainConfig, inputs: Mapping[str, Path] | None = None):
+        super().__init__(cfg, inputs)
+        self.backbone = self.build_backbone()
+        # Sized by the labels file; without one (a bare instance) there is nothing to classify.
+        self.classifier = nn.Linear(self.backbone.num_features, self.num_classes()) if "labels" in self.inputs else None
+
+    def num_classes(self) -> int:
+        return int(np.load(self.inputs["labels"], mmap_mode="r").shape[1])
+
+    @classmethod
+    def build_inputs(cls, cfg: PretrainConfig, ctx: StageContext) -> tuple[dict[str, Path], dict[str, Any]]:
+        path = ctx.workdir / "artifacts" / f"labels-{ctx.images.key}" / LABELS
+        if ctx.info.is_main and not path.exists():
+            save_npy(path, multi_hot(ctx.images))
+        barrier(ctx.info)
+        return {"labels": path}, {}
+
+    def view_transform(self) -> Any:
+        return view_transform(self.params.views, 1)
+
+    def make_dataset(self, paths: list[Path]) -> LabelledViews:
+        if "labels" not in self.inputs:
+            raise ValueError("supervised pretraining needs the input 'labels' (orl-bench run / pretrain build it)")
+        labels = np.load(self.inputs["labels"])
+        return LabelledViews(ViewsDataset(paths, self.view_transform(), self.cfg.train.seed), labels)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], progress: Progress) -> dict[str, torch.Tensor]:
+        images, targets = batch
+        logits = self.classifier(self.backbone(images))
+        return {"loss": F.binary_cross_entropy_with_logits(logits.float(), targets)}

@@ -1,0 +1,46 @@
+"""The supervised ceiling: labels straight from the instances JSON, and multi-label BCE."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from orl_bench import pipeline
+from orl_bench.data.pretrain_dataset import ViewsDataset
+from orl_bench.data.sources import pretrain_images
+from orl_bench.methods.base import Progress
+from orl_bench.methods.supervised import LabelledViews, Supervised, multi_hot
+
+
+def test_label_matrix_lists_each_images_categories(workdir):
+    images = pretrain_images(pipeline.load_pretrain_config("supervised", "tiny", []).data, workdir)
+    labels = multi_hot(images)
+    ann = json.loads(images.coco[0].ann_file.read_text())
+    ids = sorted(c["id"] for c in ann["categories"])
+    expected = np.zeros((len(ann["images"]), len(ids)), np.uint8)
+    row = {im["id"]: i for i, im in enumerate(ann["images"])}
+    for a in ann["annotations"]:
+        expected[row[a["image_id"]], ids.index(a["category_id"])] = 1
+    assert labels.shape == expected.shape and np.array_equal(labels, expected)
+    assert labels.sum(1).min() >= 1  # every embedded scene holds an object
+
+
+def test_loss_is_multilabel_binary_cross_entropy(tmp_path):
+    path = tmp_path / "labels.npy"
+    np.save(path, np.zeros((4, 3), np.uint8))
+    method = Supervised(pipeline.load_pretrain_config("supervised", "tiny", []), {"labels": path})
+    method.eval()  # fixed BN statistics: the same logits in both computations
+    g = torch.Generator().manual_seed(0)
+    images, targets = torch.randn(4, 3, 32, 32, generator=g), torch.tensor([[1., 0, 1], [0, 0, 0], [0, 1, 0], [1, 1, 1]])
+    loss = method.training_step((images, targets), Progress(0, 1, 0))["loss"].item()
+    logits = method.classifier(method.backbone(images)).tolist()
+    expected = -sum(t * math.log(1 / (1 + math.exp(-z))) + (1 - t) * math.log(1 - 1 / (1 + math.exp(-z)))
+                    for zs, ts in zip(logits, targets.tolist()) for z, t in zip(zs, ts)) / 12
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_labels_of_another_image_list_are_refused(tmp_path):
+    views = ViewsDataset([tmp_path / f"{i}.jpg" for i in range(5)], lambda im: im, seed=0)
+    with pytest.raises(ValueError, match="4 label rows for 5 images"):
+        LabelledViews(views, np.zeros((4, 3), np.uint8))
