@@ -24,9 +24,10 @@ from orl_bench.engine.distributed import init_distributed
 from orl_bench.engine.export import export
 from orl_bench.methods.orl.correspondence import Correspondences
 from orl_bench.methods.orl.pair_quality import pair_quality
+from orl_bench.io import atomic_write_text
 from orl_bench.registry import METHODS, TASKS, RegistryError
 from orl_bench.results import diagnose
-from orl_bench.results.figures import correspondence_grid
+from orl_bench.results.figures import correspondence_grid, result_bars
 from orl_bench.results.paper import load_reference
 from orl_bench.results.records import load_records, records_path
 from orl_bench.results.report import summarize, to_csv, to_markdown
@@ -119,8 +120,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     rows = summarize(records, load_reference())
     text = to_csv(rows) if args.format == "csv" else to_markdown(rows)
     if args.out:
-        Path(args.out).write_text(text)
+        atomic_write_text(Path(args.out), text)
     print(text, end="")
+    if args.figure:
+        result_bars(rows, Path(args.figure), args.layer)
+        print(f"wrote {args.figure}")
     return 0
 
 
@@ -241,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="only this task")
     p.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     p.add_argument("--out", help="also write the table to this file")
+    p.add_argument("--figure", help="also draw the rows as a bar chart (mean ± std, chance line) to this PNG")
+    p.add_argument("--layer", default="res5", help="the layer the bar chart shows")
     p.add_argument("--workdir")
     p.set_defaults(fn=cmd_report)
 

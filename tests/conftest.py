@@ -35,3 +35,10 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "orl_bench.cli", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=REPO)
+
+
+def run_main(capsys, *args: str) -> str:
+    """`orl-bench ARGS` in this process; asserts success and returns what it printed."""
+    from orl_bench.cli import main
+    assert main(list(args)) == 0
+    return capsys.readouterr().out

@@ -1,24 +1,19 @@
 """`orl-bench run` end to end on the tiny recipe: the chain, the printed table, reuse, report."""
 import json
 
-from orl_bench.cli import main
 from orl_bench.results.records import records_path
-
-
-def run(capsys, *args):
-    assert main(list(args)) == 0
-    return capsys.readouterr().out
+from tests.conftest import run_main
 
 
 def test_run_prints_the_map_and_a_second_run_reuses_everything(capsys, workdir):
     args = ("run", "--method", "byol", "--task", "voc07_svm", "--recipe", "tiny", "--workdir", str(workdir))
-    first = run(capsys, *args)
+    first = run_main(capsys, *args)
     assert "| voc07_svm | mAP | res5 |" in first and "84.5" in first  # ours, with the paper's BYOL beside
     timings = json.loads(first.split("timings: ")[1].splitlines()[0])
     assert timings["pretrain_reused"] is False and timings["eval_reused"] is False
     n_records = len(records_path(workdir).read_text().splitlines())
 
-    second = run(capsys, *args)
+    second = run_main(capsys, *args)
     timings = json.loads(second.split("timings: ")[1].splitlines()[0])
     assert timings["pretrain_reused"] is True and timings["eval_reused"] is True
     assert len(records_path(workdir).read_text().splitlines()) == n_records
@@ -27,7 +22,7 @@ def test_run_prints_the_map_and_a_second_run_reuses_everything(capsys, workdir):
 
 def test_seeds_give_separate_artifacts_and_the_report_aggregates_them(capsys, workdir):
     for seed in ("0", "1"):
-        run(capsys, "run", "--method", "random", "--task", "voc07_svm", "--recipe", "tiny", "--seed", seed,
+        run_main(capsys, "run", "--method", "random", "--task", "voc07_svm", "--recipe", "tiny", "--seed", seed,
             "--workdir", str(workdir))
     records = [json.loads(line) for line in records_path(workdir).read_text().splitlines()]
     runs = [r for r in records if r["method"] != "chance"]  # the chance record belongs to no backbone
@@ -37,16 +32,16 @@ def test_seeds_give_separate_artifacts_and_the_report_aggregates_them(capsys, wo
                       "protocol", "config_hash", "task_config_hash", "git_revision", "device", "wall_time_s",
                       "timestamp", "seed"):
             assert field in r, field
-    report = run(capsys, "report", "--workdir", str(workdir))
+    report = run_main(capsys, "report", "--workdir", str(workdir))
     assert "| voc07_svm | mAP | res5 | - | random | tiny |" in report and "| 2 | 9.6 |" in report
 
 
 def test_export_writes_a_torchvision_state_dict(capsys, workdir, tmp_path):
     import torch
     import torchvision
-    run(capsys, "pretrain", "--method", "random", "--recipe", "tiny", "--workdir", str(workdir))
+    run_main(capsys, "pretrain", "--method", "random", "--recipe", "tiny", "--workdir", str(workdir))
     artifact = next((workdir / "artifacts").glob("random-*"))
-    run(capsys, "export", str(artifact), "--out", str(tmp_path / "r18.pth"))
+    run_main(capsys, "export", str(artifact), "--out", str(tmp_path / "r18.pth"))
     state = torch.load(tmp_path / "r18.pth", weights_only=True)
     reference = {k: v.shape for k, v in torchvision.models.resnet18(width_per_group=64).state_dict().items()
                  if not k.startswith("fc.")}

@@ -85,6 +85,18 @@ class CocoDataset:
         return np.array([a["category_id"] for a in self._objects(i)], np.int64)
 
 
+def category_matrix(splits: list[CocoDataset]) -> np.ndarray:
+    """(N, C) bool over the images of `splits` in order: image i holds a non-crowd object of
+    category c, the columns being the declared and used category ids, ascending."""
+    per_image = [s.category_ids(i) for s in splits for i in range(len(s))]
+    declared = [c["id"] for s in splits for c in s.categories]
+    ids = np.unique(np.concatenate(per_image + [np.array(declared, np.int64)]))
+    labels = np.zeros((len(per_image), len(ids)), bool)
+    for row, categories in zip(labels, per_image, strict=True):
+        row[np.searchsorted(ids, categories)] = True
+    return labels
+
+
 def coco_plus(root: Path) -> list[CocoDataset]:
     """COCO+ (the paper's larger pretraining set): train2017 then unlabeled2017. Image list
     positions run over the concatenation in this order."""

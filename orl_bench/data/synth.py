@@ -53,7 +53,7 @@ class SynthSpec:
     voc_trainval: int = 2000
     voc_test: int = 2000
     min_objects: int = 2
-    max_objects: int = 6
+    max_objects: int = 4  # with objects up to 0.7 of the short side, more would mostly hide each other
     object_size: tuple[float, float] = SceneStyle.object_size
     saturation: tuple[float, float] = SceneStyle.saturation
     grating: float = SceneStyle.grating

@@ -3,8 +3,9 @@
 A category is a shape family with a texture. Colour, size, pose, aspect, vertex jitter and the
 texture's period, orientation and phase are drawn per instance, so colour jitter (a standard SSL
 augmentation) never destroys the class cue and no two instances of a class look alike
-(DESIGN.md, calibration notes). The background (gradient, low-frequency noise, a faint grating,
-scribbles and dots) is drawn independently of the objects, so it carries no label information.
+(DESIGN.md, calibration notes). The background (gradient, low-frequency noise, an optional faint
+grating, scribbles and dots) is drawn independently of the objects, so it carries no label
+information. `SceneStyle` sets how loud the background and how colourful the objects are.
 """
 from __future__ import annotations
 
@@ -193,12 +194,16 @@ _SHAPE_FNS: dict[str, Callable[[np.random.Generator], tuple[list[Poly], list[Pol
 
 @dataclass(frozen=True)
 class SceneStyle:
-    """How scenes look beyond their categories; each field trades difficulty for signal."""
-    object_size: tuple[float, float] = (0.15, 0.55)  # bounding-circle diameter / image short side
-    saturation: tuple[float, float] = (0.2, 1.0)  # object colours (colour is per instance, a nuisance)
-    grating: float = 12.0  # max amplitude of the background's faint grating (a per-scene signature)
-    clutter: tuple[int, int] = (8, 20)  # background strokes, scribbles and dots per scene
-    backdrop: float = 1.0  # colour range of the background gradient around mid-grey (1 = full)
+    """How scenes look beyond their categories. The defaults were chosen by measurement
+    (results/embedded/range_search.md): large objects on a quiet background, with nearly colourless
+    objects, so that what two views of one scene share is mostly the objects' shape and texture
+    rather than a per-scene colour or background signature. The first design's look is
+    object_size (0.15, 0.55), saturation (0.2, 1.0), grating 12, clutter (8, 20), backdrop 1."""
+    object_size: tuple[float, float] = (0.3, 0.7)  # bounding-circle diameter / image short side
+    saturation: tuple[float, float] = (0.0, 0.15)  # object colours (colour is per instance, a nuisance)
+    grating: float = 0.0  # max amplitude of a faint background grating (a per-scene signature)
+    clutter: tuple[int, int] = (2, 8)  # background strokes, scribbles and dots per scene
+    backdrop: float = 0.15  # colour range of the background gradient around mid-grey (1 = full)
 
 
 # --- instances ---

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from orl_bench.config import ConfigError, PretrainConfig
+from orl_bench.data.coco import category_matrix
 from orl_bench.data.pretrain_dataset import ViewsDataset
 from orl_bench.data.sources import ImageList
 from orl_bench.data.views import ViewParams, view_transform
@@ -48,20 +49,13 @@ class SupervisedParams:
 
 def multi_hot(images: ImageList) -> np.ndarray:
     """(N, C) uint8: image i contains category c, c ranked by category id across the splits."""
-    ids = sorted({c["id"] for s in images.coco for c in s.categories})
-    if not ids:
-        raise ConfigError(f"supervised pretraining needs labelled images, but {images.key} declares no "
-                          "categories in its instances JSON")
-    column = {cid: j for j, cid in enumerate(ids)}
-    rows = []
-    for split in images.coco:
-        if split.split == "unlabeled2017":
-            raise ConfigError("supervised pretraining cannot use unlabeled2017 (COCO+): use data.source=coco")
-        for i in range(len(split)):
-            row = np.zeros(len(ids), np.uint8)
-            row[[column[c] for c in split.category_ids(i)]] = 1
-            rows.append(row)
-    return np.stack(rows)
+    if any(split.split == "unlabeled2017" for split in images.coco):
+        raise ConfigError("supervised pretraining cannot use unlabeled2017 (COCO+): use data.source=coco")
+    labels = category_matrix(images.coco)
+    if not labels.shape[1]:
+        raise ConfigError(f"supervised pretraining needs labelled images, but {images.key} has no categories "
+                          "in its instances JSON")
+    return labels.astype(np.uint8)
 
 
 class LabelledViews(Dataset):

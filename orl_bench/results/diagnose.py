@@ -25,7 +25,7 @@ from torchvision.transforms import RandomResizedCrop
 
 from orl_bench import pipeline
 from orl_bench.config import PretrainConfig, TaskConfig, config_hash
-from orl_bench.data.coco import CocoDataset
+from orl_bench.data.coco import CocoDataset, category_matrix
 from orl_bench.data.sources import ImageList
 from orl_bench.data.views import ViewParams, seeded_call
 from orl_bench.engine.checkpoint import load_backbone, read_manifest
@@ -58,16 +58,6 @@ def find_artifact(workdir: Path, cfg: PretrainConfig, build_command: str) -> Pat
 
 
 # 1. Image kNN precision ------------------------------------------------------------------------
-
-def label_matrix(coco: list[CocoDataset]) -> np.ndarray:
-    """(N, C) bool over the image list: image i holds a (non-crowd) object of category c."""
-    per_image = [s.category_ids(i) for s in coco for i in range(len(s))]
-    ids = np.unique(np.concatenate(per_image + [np.zeros(0, np.int64)]))
-    labels = np.zeros((len(per_image), len(ids)), bool)
-    for row, categories in zip(labels, per_image, strict=True):
-        row[np.searchsorted(ids, categories)] = True
-    return labels
-
 
 def chance_precision(labels: np.ndarray) -> float:
     """The precision K uniformly random other images would have: per query (an image with a
@@ -129,7 +119,7 @@ def stored_bank(mined: list[Path], p: Stage2Params, n_images: int) -> Path | Non
 
 def knn_section(folder: Path, cfg: PretrainConfig, params: Any, images: ImageList, mined: list[Path],
                 device: torch.device) -> dict[str, Any]:
-    labels = label_matrix(images.coco)
+    labels = category_matrix(images.coco)
     if not labels.any():
         return {"not_applicable": "the pretraining images carry no object categories"}
     p, k_from = bank_params(params)

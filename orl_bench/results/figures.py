@@ -1,5 +1,6 @@
 """Figures a researcher wants to look at; each is a PNG written atomically.
 
+`result_bars` draws a report's rows as bars with error bars beside the chance level.
 `correspondence_grid` is the paper's Figure 3: ORL's stage-2 RoI pairs across images. Each row is
 one query image: the image and its nearest neighbour that holds pairs, with the top-ranked pairs
 (pairs are stored by decreasing RoI similarity) drawn in matching colours, then the crops of each
@@ -17,6 +18,7 @@ from matplotlib.patches import Rectangle
 from orl_bench.data.images import read_rgb
 from orl_bench.io import atomic_write
 from orl_bench.methods.orl.correspondence import Correspondences
+from orl_bench.results.records import CHANCE
 
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4")
 
@@ -70,3 +72,38 @@ def correspondence_grid(c: Correspondences, paths: list[Path], out: Path, rows: 
     fig.tight_layout()
     atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     return queries
+
+
+def result_bars(rows: list[dict], out: Path, layer: str = "res5") -> int:
+    """A bar chart of `orl-bench report` rows: one panel per (task, metric, dataset), one bar per
+    method row at `layer` (mean with a 1-std error bar, seeds in the label) and the task's chance
+    level as a dashed line, so every number is read against its floor. Returns the bars drawn."""
+    panels: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["method"] == CHANCE or r["layer"] == layer:
+            panels.setdefault((r["task"], r["metric"], r["dataset"]), []).append(r)
+    panels = {k: v for k, v in panels.items() if any(r["method"] != CHANCE for r in v)}
+    if not panels:
+        raise ValueError(f"no report rows at layer {layer} to draw")
+    fig = Figure(figsize=(1.2 + 1.1 * max(len(v) for v in panels.values()), 3.6 * len(panels)))
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    drawn = 0
+    for ax, ((task, metric, dataset), items) in zip(axes, panels.items()):
+        # the floor first, the ceiling last: random, the methods, supervised
+        bars = sorted((r for r in items if r["method"] != CHANCE),
+                      key=lambda r: (r["method"] != "random", r["method"] == "supervised"))
+        labels = [f"{r['method']}\n{r['recipe']}" + (f", {r['epochs']} ep" if r["epochs"] else "") +
+                  f"\nn={r['n']}" for r in bars]
+        ax.bar(range(len(bars)), [r["mean"] for r in bars], yerr=[r["std"] for r in bars], capsize=4,
+               color=COLOURS[2], alpha=0.8)
+        for r in items:
+            if r["method"] == CHANCE:
+                ax.axhline(r["mean"], color="k", linestyle="--", linewidth=1, label=f"chance {r['mean']:.1f}")
+                ax.legend(fontsize=7, loc="upper left")
+        ax.set_xticks(range(len(bars)), labels, fontsize=7)
+        ax.set_ylabel(f"{metric} ({layer})")
+        ax.set_title(f"{task} on {dataset}: mean ± std over seeds", fontsize=8)
+        drawn += len(bars)
+    fig.tight_layout()
+    atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return drawn

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from orl_bench import pipeline
-from orl_bench.cli import main
 from orl_bench.data.sources import voc07
 from orl_bench.results.paper import load_reference
 from orl_bench.results.records import records_path
 from orl_bench.results.report import summarize, to_markdown
 from orl_bench.tasks.svm import chance_ap, voc_ap
+from tests.conftest import run_main
 
 # 5 images x 3 classes; -1 (difficult only) rows are dropped per class.
 LABELS = np.array([[1, 0, 1],
@@ -56,16 +56,11 @@ def test_report_puts_the_chance_row_first_in_its_task_and_counts_no_seed():
         in to_markdown(rows)
 
 
-def run(capsys, *args):
-    assert main(list(args)) == 0
-    return capsys.readouterr().out
-
-
 def test_tiny_run_records_the_test_split_chance_once_per_dataset(capsys, workdir):
     base = ("run", "--method", "random", "--task", "voc07_svm", "--recipe", "tiny", "--workdir", str(workdir))
-    first = run(capsys, *base)
-    assert run(capsys, *base).split("timings")[0] == first.split("timings")[0]  # reused, chance row included
-    run(capsys, *base, "--seed", "1")  # another backbone on the same dataset
+    first = run_main(capsys, *base)
+    assert run_main(capsys, *base).split("timings")[0] == first.split("timings")[0]  # reused, chance row included
+    run_main(capsys, *base, "--seed", "1")  # another backbone on the same dataset
     records = [json.loads(line) for line in records_path(workdir).read_text().splitlines()]
     chance = [r for r in records if r["method"] == "chance"]
     assert len(chance) == 1 and len(records) == 5  # 2 backbones x 2 layers, one chance
@@ -76,7 +71,7 @@ def test_tiny_run_records_the_test_split_chance_once_per_dataset(capsys, workdir
     expected = 100 * np.mean([(y[y != -1] == 1).mean() for y in test.T])  # positive rate per class
     assert chance[0]["value"] == pytest.approx(expected, abs=1e-4)
 
-    report = run(capsys, "report", "--workdir", str(workdir))
+    report = run_main(capsys, "report", "--workdir", str(workdir))
     lines = [line for line in report.splitlines() if line.startswith("| voc07_svm |")]
     assert "| chance |" in lines[0] and sum("| chance |" in line for line in lines) == 1
     assert float(lines[0].split(" | ")[10].split(" ± ")[0]) == pytest.approx(expected, abs=0.005)

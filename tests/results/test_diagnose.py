@@ -13,7 +13,8 @@ from orl_bench.cli import main
 from orl_bench.data.coco import CocoDataset
 from orl_bench.data.views import ViewParams
 from orl_bench.engine.checkpoint import read_manifest
-from orl_bench.results.diagnose import chance_precision, knn_precision, label_matrix, view_premise
+from orl_bench.data.coco import category_matrix
+from orl_bench.results.diagnose import chance_precision, knn_precision, view_premise
 from orl_bench.results.records import CHANCE, append_records
 
 TINY = ["--recipe", "tiny", "--set", "train.epochs=1"]
@@ -49,7 +50,7 @@ def test_label_matrix_skips_crowd_regions(tmp_path):
         {"image_id": 1, "category_id": 2, "bbox": [0, 0, 5, 5]},
         {"image_id": 2, "category_id": 1, "bbox": [0, 0, 5, 5]},
         {"image_id": 2, "category_id": 2, "bbox": [0, 0, 5, 5], "iscrowd": 1}])
-    assert label_matrix([coco]).tolist() == [[False, True], [True, False], [False, False]]
+    assert category_matrix([coco]).tolist() == [[False, True], [True, False], [False, False]]
 
 
 def test_one_object_covering_the_image_is_every_view_s_dominant_object(tmp_path):
@@ -97,7 +98,7 @@ def test_diagnose_tiny_byol_end_to_end(capsys, workdir):
     images = pipeline.pretrain_images(pipeline.artifact_config(folder).data, workdir)
     knn = report["knn_precision"]
     assert knn["k"] == 10 and knn["queries"] == knn["images"] == len(images.paths) and 0 <= knn["precision"] <= 1
-    assert knn["chance"] == round(chance_precision(label_matrix(images.coco)), 4)
+    assert knn["chance"] == round(chance_precision(category_matrix(images.coco)), 4)
     assert "no stage-2 correspondences" in report["pair_quality"]["not_applicable"]
     premise = report["view_premise"]
     assert premise["images"] == 20 and premise["area_source"] == "masks" and premise["crops_from"] == "the method's views"

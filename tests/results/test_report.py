@@ -41,3 +41,16 @@ def test_seeds_of_one_setup_are_averaged_but_other_setups_and_epochs_are_not():
                                                                           ("c", 1, 40.0)]
     table = to_markdown(rows)
     assert "| 16 | c |" in table and "| 8 | b |" in table
+
+
+def test_bar_chart_draws_one_bar_per_method_row_at_the_layer_and_skips_chance(tmp_path):
+    from orl_bench.results.figures import result_bars
+    append_records(tmp_path, [record(30.0, 0), record(32.0, 1), record(20.0, 0, "random"),
+                              record(40.0, 0, "supervised"), record(10.0, None, "chance", layer=None),
+                              record(25.0, 0, "byol", layer="res4")])
+    rows = summarize(load_records(tmp_path), load_reference())
+    out = tmp_path / "bars.png"
+    assert result_bars(rows, out) == 3  # byol, random, supervised at res5; chance is the dashed line
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no report rows at layer conv1"):
+        result_bars(rows, tmp_path / "none.png", layer="conv1")
