@@ -1,7 +1,7 @@
 """Locate a configured dataset: the embedded synthetic scenes, or real data by path.
 
 Real data is found from `data.root` in the config or, failing that, an environment variable
-(ORL_BENCH_COCO, ORL_BENCH_VOC2007). The embedded scenes are generated on first use into the
+(ORL_BENCH_COCO, ORL_BENCH_VOC2007, ORL_BENCH_IMAGENET). The embedded scenes are generated on first use into the
 work directory and cached by their parameters.
 """
 from __future__ import annotations
@@ -10,23 +10,29 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from orl_bench.config import DataConfig
+from orl_bench.data.class_folders import ClassFolders
 from orl_bench.data.coco import CocoDataset
 from orl_bench.data.images import DatasetLayoutError
 from orl_bench.data.synth import ensure_synth
 from orl_bench.data.voc import VOC2007
 
-ENV_VARS = {"coco": "ORL_BENCH_COCO", "coco_plus": "ORL_BENCH_COCO", "voc2007": "ORL_BENCH_VOC2007"}
-PRETRAIN_SOURCES = ("synth", "coco", "coco_plus")
+ENV_VARS = {"coco": "ORL_BENCH_COCO", "coco_plus": "ORL_BENCH_COCO", "voc2007": "ORL_BENCH_VOC2007",
+            "imagenet": "ORL_BENCH_IMAGENET"}
+PRETRAIN_SOURCES = ("synth", "coco", "coco_plus", "imagenet")
 VOC_SOURCES = ("synth", "voc2007")
 
 
 @dataclass(frozen=True)
 class ImageList:
-    """An ordered list of pretraining images; `key` names it in caches and records."""
+    """An ordered list of pretraining images; `key` names it in caches and records. Scene sources
+    carry their COCO splits (boxes, categories); class-folder sources their class per image."""
     paths: list[Path]
     key: str
     coco: list[CocoDataset]
+    class_index: np.ndarray | None = None
 
 
 def synth_root(cfg: DataConfig, workdir: Path) -> Path:
@@ -44,6 +50,9 @@ def real_root(cfg: DataConfig) -> Path:
 def pretrain_images(cfg: DataConfig, workdir: Path) -> ImageList:
     if cfg.source not in PRETRAIN_SOURCES:
         raise ValueError(f"data.source '{cfg.source}' cannot be pretrained on; expected one of {PRETRAIN_SOURCES}")
+    if cfg.source == "imagenet":  # the train split's class folders
+        folders = ClassFolders(real_root(cfg), "train")
+        return ImageList(folders.paths, "imagenet-train", [], folders.targets)
     if cfg.source == "synth":
         sets = [CocoDataset(synth_root(cfg, workdir) / "coco", "train2017")]
         key = f"synth-{cfg.synth.digest()}-train2017"

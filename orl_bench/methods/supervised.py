@@ -2,9 +2,10 @@
 
 The same backbone trained with labels instead of a pretext task. On scene data (the embedded
 scenes, COCO) the labels are the image-level categories of the instances JSON and the loss is
-multi-label binary cross-entropy: an image is positive for every category it contains. The
-label matrix is built once per image list (`build_inputs`), so its sha256 keys the artifact like
-any other input, and a relabelled dataset cannot silently reuse an old artifact.
+multi-label binary cross-entropy: an image is positive for every category it contains. On class
+folders (ImageNet) each image has one class and the loss is cross-entropy. The labels are written
+once per image list (`build_inputs`), so their sha256 keys the artifact like any other input, and
+a relabelled dataset cannot silently reuse an old artifact.
 """
 from __future__ import annotations
 
@@ -65,7 +66,9 @@ class LabelledViews(Dataset):
         if len(labels) != len(views):
             raise ValueError(f"{len(labels)} label rows for {len(views)} images: the labels file "
                              "belongs to another image list")
-        self.views, self.labels = views, torch.from_numpy(labels.astype(np.float32))
+        # class indices stay integer (cross-entropy targets); multi-hot rows become float (BCE targets)
+        self.views = views
+        self.labels = torch.from_numpy(labels.astype(np.int64 if labels.ndim == 1 else np.float32))
 
     def __len__(self) -> int:
         return len(self.views)
@@ -86,13 +89,15 @@ class Supervised(Method):
         self.classifier = nn.Linear(self.backbone.num_features, self.num_classes()) if "labels" in self.inputs else None
 
     def num_classes(self) -> int:
-        return int(np.load(self.inputs["labels"], mmap_mode="r").shape[1])
+        labels = np.load(self.inputs["labels"], mmap_mode="r")
+        return int(labels.max()) + 1 if labels.ndim == 1 else labels.shape[1]
 
     @classmethod
     def build_inputs(cls, cfg: PretrainConfig, ctx: StageContext) -> tuple[dict[str, Path], dict[str, Any]]:
         path = ctx.workdir / "artifacts" / f"labels-{ctx.images.key}" / LABELS
         if ctx.info.is_main and not path.exists():
-            save_npy(path, multi_hot(ctx.images))
+            # (N,) class indices for class folders, (N, C) multi-hot for scenes
+            save_npy(path, ctx.images.class_index if ctx.images.class_index is not None else multi_hot(ctx.images))
         barrier(ctx.info)
         return {"labels": path}, {}
 
@@ -107,5 +112,7 @@ class Supervised(Method):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], progress: Progress) -> dict[str, torch.Tensor]:
         images, targets = batch
-        logits = self.classifier(self.backbone(images))
-        return {"loss": F.binary_cross_entropy_with_logits(logits.float(), targets)}
+        logits = self.classifier(self.backbone(images)).float()
+        if targets.ndim == 1:
+            return {"loss": F.cross_entropy(logits, targets)}
+        return {"loss": F.binary_cross_entropy_with_logits(logits, targets)}

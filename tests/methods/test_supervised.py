@@ -44,3 +44,40 @@ def test_labels_of_another_image_list_are_refused(tmp_path):
     views = ViewsDataset([tmp_path / f"{i}.jpg" for i in range(5)], lambda im: im, seed=0)
     with pytest.raises(ValueError, match="4 label rows for 5 images"):
         LabelledViews(views, np.zeros((4, 3), np.uint8))
+
+
+def _class_folders(root, per_class):
+    from PIL import Image
+    for name, count in per_class.items():
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (40, 36), (40 * i, 80, 120)).save(root / "train" / name / f"{name}_{i}.JPEG")
+
+
+def test_class_folders_train_with_cross_entropy_on_their_class_indices(tmp_path, capsys):
+    from orl_bench.engine.checkpoint import load_backbone
+    from tests.conftest import run_main
+    _class_folders(tmp_path / "imagenet", {"n02": 10, "n01": 10})
+    images = pretrain_images(pipeline.load_pretrain_config(
+        "supervised", "tiny", ["data.source=imagenet", f"data.root={tmp_path / 'imagenet'}"]).data, tmp_path)
+    assert images.paths[0].parent.name == "n01" and images.class_index.tolist() == [0] * 10 + [1] * 10
+    run_main(capsys, "pretrain", "--method", "supervised", "--recipe", "tiny", "--set", "data.source=imagenet",
+             "--set", f"data.root={tmp_path / 'imagenet'}", "--workdir", str(tmp_path / "home"))
+    folder = next((tmp_path / "home" / "artifacts").glob("supervised-*"))
+    assert np.load(next((tmp_path / "home" / "artifacts").glob("labels-*/labels.npy"))).tolist() == [0] * 10 + [1] * 10
+    load_backbone(folder)  # strict
+    method = Supervised(pipeline.load_pretrain_config("supervised", "tiny", []),
+                        {"labels": next((tmp_path / "home" / "artifacts").glob("labels-*/labels.npy"))})
+    method.eval()
+    x, y = torch.randn(3, 3, 32, 32), torch.tensor([1, 0, 1])
+    expected = torch.nn.functional.cross_entropy(method.classifier(method.backbone(x)), y).item()
+    assert method.classifier.out_features == 2
+    assert method.training_step((x, y), Progress(0, 1, 0))["loss"].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_missing_class_folders_name_the_expected_layout(tmp_path):
+    from orl_bench.data.images import DatasetLayoutError
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DatasetLayoutError, match="(?s)holds no class folders.*n01440764"):
+        pretrain_images(pipeline.load_pretrain_config(
+            "supervised", "tiny", ["data.source=imagenet", f"data.root={tmp_path}"]).data, tmp_path)
