@@ -19,7 +19,8 @@ from orl_bench.data import synth
 from orl_bench.data.coco import CocoDataset, coco_plus
 from orl_bench.data.synth import SynthSpec, ensure_synth, image_rng
 from orl_bench.data.synth_scene import (DIFFICULT_MIN_SIDE, DIFFICULT_VISIBLE_FRACTION,
-                                        MAX_CATEGORIES, category_names, render_scene)
+                                        MAX_CATEGORIES, SceneStyle, category_names, category_table,
+                                        render_scene)
 from orl_bench.data.voc import VOC2007
 
 # pycocotools.mask.decode trips a NumPy 2 deprecation inside the library itself
@@ -42,6 +43,19 @@ def test_digest_is_stable_and_sensitive():
         SynthSpec(num_categories=MAX_CATEGORIES + 1)
     with pytest.raises(ValueError):
         SynthSpec(min_objects=4, max_objects=3)
+    assert SynthSpec(backdrop=1.0).digest() != SynthSpec().digest()  # the look is part of the key
+    with pytest.raises(ValueError, match="object_size must satisfy 0 < lo <= hi <= 1"):
+        SynthSpec(object_size=(0.8, 0.5))
+    with pytest.raises(ValueError, match="0 <= backdrop <= 1"):
+        SynthSpec(backdrop=2.0)
+
+
+def test_style_sets_object_sizes_and_every_category_has_its_own_shape():
+    assert len({shape for _, shape in category_table(20)}) == 20
+    style = SceneStyle(object_size=(0.4, 0.5))
+    for i in range(20):
+        _, objects = render_scene(np.random.default_rng(i), 128, 128, 20, 2, 4, style)
+        assert all(0.4 * 64 <= o.radius <= 0.5 * 64 for o in objects)  # radius = diameter / 2 x short side
 
 
 def test_byte_identical_for_any_worker_count(small_spec, synth_root, tmp_path, monkeypatch):
@@ -91,7 +105,8 @@ def test_annotations_match_a_rerender_and_difficult_rule(small_spec, synth_root)
     names = category_names(small_spec.num_categories)
     flags = []
     for index in range(small_spec.voc_trainval):
-        _, objects = render_scene(image_rng(small_spec, "trainval", index), 128, 128, 20, 2, 6)
+        _, objects = render_scene(image_rng(small_spec, "trainval", index), 128, 128, 20, small_spec.min_objects,
+                                  small_spec.max_objects, small_spec.style())
         xml = (voc / "Annotations" / f"{index + 1:06d}.xml").read_text()
         written = re.findall(r"<name>(\w+)</name>.*?<difficult>(\d)</difficult>.*?<xmin>(\d+)</xmin>"
                              r"<ymin>(\d+)</ymin><xmax>(\d+)</xmax><ymax>(\d+)</ymax>", xml, re.S)
