@@ -33,6 +33,9 @@ def summarize(records: list[dict[str, Any]], paper: PaperReference) -> list[dict
     for r in records:
         key = tuple(_variant(r) if k == "variant" else r.get(k) for k in GROUP_KEYS)
         groups.setdefault(key, []).append(r)
+    # One backbone evaluated again (e.g. with more layers) is still one seed: the latest record counts.
+    groups = {key: list({(r.get("artifact_sha256"), r.get("seed")): r for r in items}.values())
+              for key, items in groups.items()}
     rows = []
     for key, items in sorted(groups.items(), key=lambda kv: _order(kv[0])):
         values = [r["value"] for r in items]

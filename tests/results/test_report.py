@@ -54,3 +54,10 @@ def test_bar_chart_draws_one_bar_per_method_row_at_the_layer_and_skips_chance(tm
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no report rows at layer conv1"):
         result_bars(rows, tmp_path / "none.png", layer="conv1")
+
+
+def test_one_artifact_evaluated_twice_counts_as_one_seed(tmp_path):
+    again = {**record(30.0, 0), "task_config_hash": "with-more-layers"}
+    append_records(tmp_path, [record(30.0, 0), {**record(34.0, 1), "artifact_sha256": "t"}, again])
+    byol = next(r for r in summarize(load_records(tmp_path), load_reference()) if r["method"] == "byol")
+    assert byol["n"] == 2 and byol["mean"] == pytest.approx(32.0)
