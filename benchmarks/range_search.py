@@ -89,6 +89,9 @@ def main() -> None:
     args = parse_args()
     variants = yaml.safe_load(Path(args.variants).read_text())
     names = args.only or list(variants)
+    unknown = sorted(set(names) - set(variants))
+    if unknown:
+        sys.exit(f"unknown variants {unknown}; {args.variants} defines {sorted(variants)}")
     log_dir = Path(args.workdir) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(n, m, s) for n in names for s in args.seeds for m in args.methods]

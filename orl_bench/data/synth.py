@@ -67,12 +67,7 @@ class SynthSpec:
                              f"{self.max_objects}")
         if min(self.height, self.width) < 32:
             raise ValueError(f"images must be >= 32 px a side, got {self.height}x{self.width}")
-        if not 0 < self.object_size[0] <= self.object_size[1] <= 1:
-            raise ValueError(f"object_size must satisfy 0 < lo <= hi <= 1 (diameter / short side), got {self.object_size}")
-        if not 0 <= self.saturation[0] <= self.saturation[1] <= 1 or self.grating < 0 or \
-                not 0 <= self.clutter[0] <= self.clutter[1] or not 0 <= self.backdrop <= 1:
-            raise ValueError(f"need 0 <= saturation lo <= hi <= 1, grating >= 0, 0 <= clutter lo <= hi and "
-                             f"0 <= backdrop <= 1; got {self.saturation}, {self.grating}, {self.clutter}, {self.backdrop}")
+        self.style()  # validates the look
         counts = (self.coco_train, self.coco_val, self.coco_unlabeled, self.voc_trainval,
                   self.voc_test)
         if min(counts) < 0:

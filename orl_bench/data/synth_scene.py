@@ -205,6 +205,14 @@ class SceneStyle:
     clutter: tuple[int, int] = (2, 8)  # background strokes, scribbles and dots per scene
     backdrop: float = 0.15  # colour range of the background gradient around mid-grey (1 = full)
 
+    def __post_init__(self) -> None:
+        if not 0 < self.object_size[0] <= self.object_size[1] <= 1:
+            raise ValueError(f"object_size must satisfy 0 < lo <= hi <= 1 (diameter / short side), got {self.object_size}")
+        if not 0 <= self.saturation[0] <= self.saturation[1] <= 1 or self.grating < 0 or \
+                not 0 <= self.clutter[0] <= self.clutter[1] or not 0 <= self.backdrop <= 1:
+            raise ValueError(f"need 0 <= saturation lo <= hi <= 1, grating >= 0, 0 <= clutter lo <= hi and "
+                             f"0 <= backdrop <= 1; got {self.saturation}, {self.grating}, {self.clutter}, {self.backdrop}")
+
 
 # --- instances ---
 

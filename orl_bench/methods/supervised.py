@@ -95,9 +95,13 @@ class Supervised(Method):
     @classmethod
     def build_inputs(cls, cfg: PretrainConfig, ctx: StageContext) -> tuple[dict[str, Path], dict[str, Any]]:
         path = ctx.workdir / "artifacts" / f"labels-{ctx.images.key}" / LABELS
-        if ctx.info.is_main and not path.exists():
-            # (N,) class indices for class folders, (N, C) multi-hot for scenes
-            save_npy(path, ctx.images.class_index if ctx.images.class_index is not None else multi_hot(ctx.images))
+        if ctx.info.is_main:
+            # (N,) class indices for class folders, (N, C) multi-hot for scenes. Rebuilt every time
+            # (cheap next to training): a key such as "coco" names a source, not its contents, so a
+            # stored file may describe another copy of the dataset; it is rewritten only if it differs.
+            labels = ctx.images.class_index if ctx.images.class_index is not None else multi_hot(ctx.images)
+            if not path.exists() or not np.array_equal(np.load(path), labels):
+                save_npy(path, labels)
         barrier(ctx.info)
         return {"labels": path}, {}
 

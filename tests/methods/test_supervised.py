@@ -81,3 +81,15 @@ def test_missing_class_folders_name_the_expected_layout(tmp_path):
     with pytest.raises(DatasetLayoutError, match="(?s)holds no class folders.*n01440764"):
         pretrain_images(pipeline.load_pretrain_config(
             "supervised", "tiny", ["data.source=imagenet", f"data.root={tmp_path}"]).data, tmp_path)
+
+
+def test_labels_file_follows_the_dataset_it_is_built_from(workdir):
+    from orl_bench.data.sources import ImageList
+    from orl_bench.engine.distributed import DistInfo
+    from orl_bench.methods.base import StageContext
+    cfg = pipeline.load_pretrain_config("supervised", "tiny", [])
+    ctx = lambda classes: StageContext(workdir, ImageList([], "same-key", [], np.array(classes)),  # noqa: E731
+                                       DistInfo(0, 1, 0, torch.device("cpu")), None, None)
+    path = Supervised.build_inputs(cfg, ctx([0, 1, 1]))[0]["labels"]
+    assert np.load(path).tolist() == [0, 1, 1]
+    assert np.load(Supervised.build_inputs(cfg, ctx([1, 0, 1]))[0]["labels"]).tolist() == [1, 0, 1]
