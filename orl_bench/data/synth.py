@@ -59,6 +59,7 @@ class SynthSpec:
     grating: float = SceneStyle.grating
     clutter: tuple[int, int] = SceneStyle.clutter
     backdrop: float = SceneStyle.backdrop
+    blotches: float = SceneStyle.blotches
 
     def __post_init__(self) -> None:
         category_table(self.num_categories)  # validates the range
@@ -75,7 +76,7 @@ class SynthSpec:
 
     def style(self) -> SceneStyle:
         return SceneStyle(tuple(self.object_size), tuple(self.saturation), self.grating, tuple(self.clutter),
-                          self.backdrop)
+                          self.backdrop, self.blotches)
 
     def digest(self) -> str:
         payload = json.dumps({"generator": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)

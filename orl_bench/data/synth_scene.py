@@ -204,14 +204,16 @@ class SceneStyle:
     grating: float = 0.0  # max amplitude of a faint background grating (a per-scene signature)
     clutter: tuple[int, int] = (2, 8)  # background strokes, scribbles and dots per scene
     backdrop: float = 0.15  # colour range of the background gradient around mid-grey (1 = full)
+    blotches: float = 1.0  # gain on the background's low-frequency colour blotches (0 = none)
 
     def __post_init__(self) -> None:
         if not 0 < self.object_size[0] <= self.object_size[1] <= 1:
             raise ValueError(f"object_size must satisfy 0 < lo <= hi <= 1 (diameter / short side), got {self.object_size}")
         if not 0 <= self.saturation[0] <= self.saturation[1] <= 1 or self.grating < 0 or \
-                not 0 <= self.clutter[0] <= self.clutter[1] or not 0 <= self.backdrop <= 1:
-            raise ValueError(f"need 0 <= saturation lo <= hi <= 1, grating >= 0, 0 <= clutter lo <= hi and "
-                             f"0 <= backdrop <= 1; got {self.saturation}, {self.grating}, {self.clutter}, {self.backdrop}")
+                not 0 <= self.clutter[0] <= self.clutter[1] or not 0 <= self.backdrop <= 1 or self.blotches < 0:
+            raise ValueError(f"need 0 <= saturation lo <= hi <= 1, grating >= 0, 0 <= clutter lo <= hi, "
+                             f"0 <= backdrop <= 1 and blotches >= 0; got {self.saturation}, {self.grating}, "
+                             f"{self.clutter}, {self.backdrop}, {self.blotches}")
 
 
 # --- instances ---
@@ -355,7 +357,7 @@ def _background(rng, hw: tuple[int, int], style: SceneStyle) -> np.ndarray:
     and clutter (strokes, scribbles, dots in random colours) that is never a category shape."""
     h, w = hw
     corners = (127.5 + (rng.uniform(0, 255, (2, 2, 3)) - 127.5) * style.backdrop).astype(np.float32)
-    blotches = rng.standard_normal((5, 5, 3)).astype(np.float32) * _u(rng, 8, 25)
+    blotches = rng.standard_normal((5, 5, 3)).astype(np.float32) * (_u(rng, 8, 25) * style.blotches)
     canvas = (cv2.resize(corners, (w, h), interpolation=cv2.INTER_LINEAR)
               + cv2.resize(blotches, (w, h), interpolation=cv2.INTER_LINEAR))
     b, period = _u(rng, 0, 2 * np.pi), _u(rng, 4, 16)

@@ -48,6 +48,9 @@ def test_digest_is_stable_and_sensitive():
         SynthSpec(object_size=(0.8, 0.5))
     with pytest.raises(ValueError, match="0 <= backdrop <= 1"):
         SynthSpec(backdrop=2.0)
+    assert SynthSpec(blotches=0.0).digest() != SynthSpec().digest()
+    with pytest.raises(ValueError, match="blotches >= 0"):
+        SynthSpec(blotches=-1.0)
 
 
 def test_style_sets_object_sizes_and_every_category_has_its_own_shape():
