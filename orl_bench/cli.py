@@ -69,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not info.is_main:
             return 0
         ref = pipeline.artifact_ref(folder)
-        extra = pipeline.record_fields(cfg)
+        extra = pipeline.record_fields(cfg, folder)
     t_eval = time.perf_counter()
     records, reused = pipeline.evaluate(task_cfg, ref, workdir, info.device, extra)
     timings.update({"eval_s": round(time.perf_counter() - t_eval, 2), "eval_reused": reused,
@@ -98,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("give exactly one of --artifact DIR (an orl-bench artifact) or --checkpoint FILE")
     if args.artifact:
         ref = pipeline.artifact_ref(Path(args.artifact))
-        extra = pipeline.record_fields(pipeline.artifact_config(Path(args.artifact)))
+        extra = pipeline.record_fields(pipeline.artifact_config(Path(args.artifact)), Path(args.artifact))
     else:
         ref = pipeline.checkpoint_ref(Path(args.checkpoint), args.arch, args.width, args.label)
         extra = {"config_hash": ref.sha256}
@@ -140,6 +140,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         for kind in RECIPE_KINDS:
             for path in sorted(recipe_root(kind).glob("*/*.yaml")):
                 print(f"{kind}/{path.parent.name}/{path.stem}")
+        for name in METHODS.names():  # plugins from other packages ship their own recipes
+            folder = METHODS.get(name).recipes_dir
+            for path in sorted(folder.glob("*.yaml")) if folder else ():
+                print(f"pretrain/{name}/{path.stem} ({folder})")
     return 0
 
 

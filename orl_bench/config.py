@@ -1,9 +1,10 @@
 """Typed configuration: dataclass schemas, YAML recipes with `base:` inheritance, dotted overrides.
 
 A recipe is plain YAML. `base: other.yaml` (or a list) is merged first, paths relative to the
-recipe. Overrides `a.b=c` are parsed as YAML scalars. The merged dict is then validated against
-the dataclass schema: an unknown key is an error that names the closest valid key. The method
-section is validated against the schema its plugin declares, so plugins never touch this file.
+recipe, or `orl_bench:pretrain/...` for a recipe shipped with orl-bench. Overrides `a.b=c` are
+parsed as YAML scalars. The merged dict is then validated against the dataclass schema: an
+unknown key is an error that names the closest valid key. The method section is validated
+against the schema its plugin declares, so plugins never touch this file.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ class NoParams:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "synth"  # synth | coco | coco_plus | voc2007
+    source: str = "synth"  # synth | coco | coco_plus | imagenet | voc2007 | folder (any unlabeled images)
     root: str | None = volatile(None)  # real data location; else ORL_BENCH_<SOURCE> env variable
     synth: SynthSpec = field(default_factory=SynthSpec)
 
@@ -192,16 +193,18 @@ def recipe_root(kind: str) -> Path:
     return shipped_folder(kind)
 
 
-def find_recipe(kind: str, group: str, recipe: str) -> Path:
-    """`recipe` is a YAML path, or a scale name looked up as <kind>/<group>/<recipe>.yaml."""
+def find_recipe(kind: str, group: str, recipe: str, folder: Path | None = None) -> Path:
+    """`recipe` is a YAML path, or a scale name looked up as <kind>/<group>/<recipe>.yaml, or in
+    `folder` for a plugin that ships its own recipes."""
     as_path = Path(recipe)
     if as_path.suffix in (".yaml", ".yml"):
         if not as_path.is_file():
             raise ConfigError(f"recipe file not found: {as_path}")
         return as_path
-    path = recipe_root(kind) / group / f"{recipe}.yaml"
+    folder = folder or recipe_root(kind) / group
+    path = folder / f"{recipe}.yaml"
     if not path.is_file():
-        available = sorted(p.stem for p in (recipe_root(kind) / group).glob("*.yaml"))
+        available = sorted(p.stem for p in folder.glob("*.yaml"))
         raise ConfigError(f"no {kind} recipe '{recipe}' for '{group}' (looked for {path}); "
                           f"available: {', '.join(available) or 'none'}; or pass a YAML path")
     return path
@@ -217,6 +220,19 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+# `base: orl_bench:pretrain/_scales/tiny.yaml` names a recipe shipped with orl-bench, so a plugin's
+# own recipes can inherit the shipped scales wherever either is installed.
+SHIPPED_PREFIX = "orl_bench:"
+
+
+def base_path(recipe: Path, base: str) -> Path:
+    """Where a recipe's `base:` entry points: a shipped recipe, or a path relative to the recipe."""
+    if base.startswith(SHIPPED_PREFIX):
+        folder, _, rest = base.removeprefix(SHIPPED_PREFIX).partition("/")
+        return shipped_folder(folder) / rest
+    return recipe.parent / base
+
+
 def load_yaml_recipe(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in _seen:
@@ -228,7 +244,7 @@ def load_yaml_recipe(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     bases = data.pop("base", [])
     merged: dict = {}
     for base in [bases] if isinstance(bases, str) else bases:
-        merged = deep_merge(merged, load_yaml_recipe(path.parent / base, _seen + (path,)))
+        merged = deep_merge(merged, load_yaml_recipe(base_path(path, base), _seen + (path,)))
     return deep_merge(merged, data)
 
 

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from orl_bench.config import (ConfigError, PretrainConfig, TaskConfig, apply_overrides, config_hash, find_recipe,
-                              from_dict, load_yaml_recipe, to_dict, validate_params)
-from orl_bench.data.sources import ImageList, pretrain_images
+                              from_dict, load_yaml_recipe, recipe_root, to_dict, validate_params)
+from orl_bench.data.sources import CONTENT_KEYED_SOURCES, ImageList, pretrain_images
 from orl_bench.engine.checkpoint import (export_artifact, is_complete, load_backbone, load_torchvision_state_dict,
-                                         write_config)
+                                         read_manifest, write_config)
 from orl_bench.engine.distributed import DistInfo, barrier
 from orl_bench.engine.trainer import pretrain
 from orl_bench.io import file_lock, sha256_file
@@ -44,9 +44,15 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     return [o for o in overrides if not o.startswith("task.")], task
 
 
+def recipe_folder(method: str) -> Path:
+    """Where `--recipe <scale>` is looked up for `method`: its plugin's own recipes, else pretrain/<method>/."""
+    plugin = None if method == RANDOM else METHODS.get(method)  # unknown names fail first, listing valid ones
+    return (plugin and plugin.recipes_dir) or recipe_root("pretrain") / method
+
+
 def load_pretrain_config(method: str, recipe: str, overrides: list[str]) -> PretrainConfig:
     plugin = None if method == RANDOM else METHODS.get(method)  # unknown names fail first, listing valid ones
-    data = apply_overrides(load_yaml_recipe(find_recipe("pretrain", method, recipe)), overrides)
+    data = apply_overrides(load_yaml_recipe(find_recipe("pretrain", method, recipe, recipe_folder(method))), overrides)
     data.setdefault("method", {})
     name = data["method"].setdefault("name", method)
     if name != method:
@@ -122,11 +128,15 @@ def ensure_pretrained(cfg: PretrainConfig, recipe: str, workdir: Path, info: Dis
     """The complete artifact for `cfg`: reused, resumed or trained, after its earlier stages if
     the method has any (built under the same non-method `overrides`). Returns (folder, timings)."""
     t0 = time.perf_counter()
+    # A folder's contents are not in the config (data.root is not hashed): its image list's key keys the artifact.
+    keyed_by_images = cfg.data.source in CONTENT_KEYED_SOURCES
     # loaded once for the earlier stages and this one
-    images = _images(cfg, workdir, info) if is_multistage(cfg) else None
+    images = _images(cfg, workdir, info) if is_multistage(cfg) or keyed_by_images else None
     data_s = time.perf_counter() - t0
     inputs, timings = build_inputs(cfg, workdir, info, overrides, images)
     input_hashes = {name: sha256_file(path) for name, path in inputs.items()}
+    if keyed_by_images:
+        input_hashes["images"] = images.key
     out = artifact_dir(workdir, cfg, input_hashes)
     if is_complete(out):
         return out, {**timings, "pretrain_s": 0.0, "pretrain_reused": True}
@@ -163,12 +173,17 @@ def export_random(cfg: PretrainConfig, out: Path, extra: dict[str, Any]) -> None
                                     "git_revision": git_revision(), "torch": torch.__version__})
 
 
-def record_fields(cfg: PretrainConfig) -> dict[str, Any]:
-    """What every result record of a backbone pretrained with `cfg` carries about its run."""
+def record_fields(cfg: PretrainConfig, folder: Path | None = None) -> dict[str, Any]:
+    """What every result record of a backbone pretrained with `cfg` (artifact `folder`) carries
+    about its run."""
     plugin = None if cfg.method["name"] == RANDOM else METHODS.get(cfg.method["name"])
     unseeded = replace(cfg, train=replace(cfg.train, seed=0))
-    # setup_hash: the config without its seed, so the report averages seeds of one setup only
-    return {"config_hash": config_hash(cfg), "setup_hash": config_hash(unseeded)[:12], "seed": cfg.train.seed,
+    # setup_hash: the config without its seed, so the report averages seeds of one setup only;
+    # a folder source's images are not in the config, so their key joins it
+    setup = config_hash(unseeded)
+    if cfg.data.source in CONTENT_KEYED_SOURCES and folder is not None:
+        setup = config_hash({"config": setup, "images": read_manifest(folder)["data"]["key"]})
+    return {"config_hash": config_hash(cfg), "setup_hash": setup[:12], "seed": cfg.train.seed,
             "epochs": 0 if plugin is None else cfg.train.epochs,
             "variant": plugin.variant(cfg) if plugin else {}}
 

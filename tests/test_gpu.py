@@ -41,6 +41,18 @@ BATCHES = {
     "orl": lambda g: (_pair(VIEW, g), _pair(PATCH, g), _pair(PATCH, g)),
     "supervised": lambda g: (torch.randn(BATCH, 3, VIEW, VIEW, generator=g).cuda(),
                              (torch.rand(BATCH, CLASSES, generator=g) > 0.7).float().cuda()),
+    "simclr": lambda g: _pair(VIEW, g),
+    "mocov2": lambda g: _pair(VIEW, g),
+    "byol_multicrop": lambda g: (*_pair(VIEW, g), *_pair(PATCH, g), *_pair(PATCH, g)),
+    # two views, then per view 10 xyxy boxes in view pixels (5 distinct pairs), then which are valid
+    "scrl": lambda g: (*_pair(VIEW, g),
+                       *(torch.tensor([[0.0, 0.0, 32.0, 32.0], [16.0, 8.0, 60.0, 50.0]]).repeat(BATCH, 5, 1).cuda()
+                         for _ in range(2)),
+                       torch.ones(BATCH, 10, dtype=torch.bool).cuda()),
+    # two scene views, K = 4 instance crops per view, and the share of instance slots filled in
+    "univip": lambda g: (*_pair(VIEW, g),
+                         *(torch.randn(BATCH, 4, 3, PATCH, PATCH, generator=g).cuda() for _ in range(2)),
+                         torch.zeros(BATCH).cuda()),
 }
 
 

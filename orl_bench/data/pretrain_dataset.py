@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Sampler, default_collate
 
 from orl_bench.data.images import UnreadableImageError, read_rgb
@@ -12,10 +13,12 @@ from orl_bench.data.views import seeded_call
 
 
 class ViewsDataset(Dataset):
-    """Indexed by sampler keys (epoch * N + index); returns the views, or None if unreadable."""
+    """Indexed by sampler keys (epoch * N + index); returns (index, sample), the sample None if
+    the image is unreadable. The sample is drawn under the RNG of (seed, key), so it depends on
+    nothing else. Datasets whose samples need more than the image override `sample`."""
 
-    def __init__(self, paths: list[Path], transform: Callable[[Any], Any], seed: int):
-        self.paths = list(paths)
+    def __init__(self, paths: list[Path], transform: Callable[[Any], Any] | None, seed: int):
+        self.paths = [Path(p) for p in paths]
         self.transform = transform
         self.seed = seed
 
@@ -28,7 +31,10 @@ class ViewsDataset(Dataset):
             image = read_rgb(self.paths[index])
         except UnreadableImageError:
             return index, None
-        return index, seeded_call(self.seed, key, lambda: self.transform(image))
+        return index, seeded_call(self.seed, key, lambda: self.sample(index, image))
+
+    def sample(self, index: int, image: Image.Image) -> Any:
+        return self.transform(image)
 
 
 def collate_skipping_unreadable(samples: list[tuple[int, Any]]) -> tuple[Any, list[int]]:

@@ -1,8 +1,9 @@
 """Locate a configured dataset: the embedded synthetic scenes, or real data by path.
 
 Real data is found from `data.root` in the config or, failing that, an environment variable
-(ORL_BENCH_COCO, ORL_BENCH_VOC2007, ORL_BENCH_IMAGENET). The embedded scenes are generated on first use into the
-work directory and cached by their parameters.
+(ORL_BENCH_COCO, ORL_BENCH_VOC2007, ORL_BENCH_IMAGENET); `folder` (any unlabeled images) from
+`data.root` only. The embedded scenes are generated on first use into the work directory and cached
+by their parameters.
 """
 from __future__ import annotations
 
@@ -15,20 +16,25 @@ import numpy as np
 from orl_bench.config import DataConfig
 from orl_bench.data.class_folders import ClassFolders
 from orl_bench.data.coco import CocoDataset
+from orl_bench.data.folder import UnlabeledFolder
 from orl_bench.data.images import DatasetLayoutError
 from orl_bench.data.synth import ensure_synth
 from orl_bench.data.voc import VOC2007
 
 ENV_VARS = {"coco": "ORL_BENCH_COCO", "coco_plus": "ORL_BENCH_COCO", "voc2007": "ORL_BENCH_VOC2007",
             "imagenet": "ORL_BENCH_IMAGENET"}
-PRETRAIN_SOURCES = ("synth", "coco", "coco_plus", "imagenet")
+PRETRAIN_SOURCES = ("synth", "coco", "coco_plus", "imagenet", "folder")
 VOC_SOURCES = ("synth", "voc2007")
+# Sources whose images the config does not determine (data.root is not hashed): their ImageList key
+# describes the contents and keys the artifacts trained on them.
+CONTENT_KEYED_SOURCES = ("folder",)
 
 
 @dataclass(frozen=True)
 class ImageList:
-    """An ordered list of pretraining images; `key` names it in caches and records. Scene sources
-    carry their COCO splits (boxes, categories); class-folder sources their class per image."""
+    """An ordered list of pretraining images; `key` names it in caches and records (for `folder`, its
+    contents). Scene sources carry their COCO splits (boxes, categories); class-folder sources
+    their class per image."""
     paths: list[Path]
     key: str
     coco: list[CocoDataset]
@@ -40,10 +46,11 @@ def synth_root(cfg: DataConfig, workdir: Path) -> Path:
 
 
 def real_root(cfg: DataConfig) -> Path:
-    root = cfg.root or os.environ.get(ENV_VARS[cfg.source])
+    env = ENV_VARS.get(cfg.source)
+    root = cfg.root or (env and os.environ.get(env))
     if not root:
-        raise DatasetLayoutError(f"data.source={cfg.source} needs a location: set data.root (--set data.root=PATH) "
-                                 f"or the {ENV_VARS[cfg.source]} environment variable")
+        raise DatasetLayoutError(f"data.source={cfg.source} needs a location: set data.root (--set data.root=PATH)"
+                                 + (f" or the {env} environment variable" if env else ""))
     return Path(root).expanduser()
 
 
@@ -53,6 +60,9 @@ def pretrain_images(cfg: DataConfig, workdir: Path) -> ImageList:
     if cfg.source == "imagenet":  # the train split's class folders
         folders = ClassFolders(real_root(cfg), "train")
         return ImageList(folders.paths, "imagenet-train", [], folders.targets)
+    if cfg.source == "folder":
+        folder = UnlabeledFolder(real_root(cfg))
+        return ImageList(folder.paths, folder.key, [])
     if cfg.source == "synth":
         sets = [CocoDataset(synth_root(cfg, workdir) / "coco", "train2017")]
         key = f"synth-{cfg.synth.digest()}-train2017"

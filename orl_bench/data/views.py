@@ -6,7 +6,7 @@ workers, draws exactly the same views as an uninterrupted one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -63,14 +63,16 @@ def normalize() -> v2.Transform:
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def photometric(p: ViewParams, which: int, size: int) -> list[v2.Transform]:
-    """Flip, colour, grayscale, blur, solarize with view `which` (1 or 2) probabilities."""
+def photometric(p: ViewParams, which: int, size: int,
+                blur: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[v2.Transform]:
+    """Flip, colour, grayscale, blur, solarize with view `which` (1 or 2) probabilities; `blur`
+    replaces the Gaussian blur at the same probability (SCRL's resize blur)."""
     i = which - 1
     return [
         v2.RandomHorizontalFlip(p.hflip_p),
         v2.RandomApply([v2.ColorJitter(*p.color_jitter)], p=p.color_jitter_p),
         v2.RandomGrayscale(p.grayscale_p),
-        v2.RandomApply([GaussianBlur(p.blur_sigma, p.blur, size)], p=p.blur_p[i]),
+        v2.RandomApply([blur or GaussianBlur(p.blur_sigma, p.blur, size)], p=p.blur_p[i]),
         v2.RandomSolarize(threshold=128, p=p.solarize_p[i]),
     ]
 
@@ -96,6 +98,11 @@ class MultiView:
         return tuple(t(image) for t in self.transforms)
 
 
+def two_views(p: ViewParams) -> MultiView:
+    """The two-view sample of BYOL-style methods: view 1 and view 2 of one recipe."""
+    return MultiView(view_transform(p, 1), view_transform(p, 2))
+
+
 def sample_seed(seed: int, key: int) -> int:
     """A well-mixed 63-bit seed for one sample (SplitMix64 finaliser over seed and key)."""
     z = (seed * 0x9E3779B97F4A7C15 + key + 1) & 0xFFFFFFFFFFFFFFFF
@@ -109,3 +116,32 @@ def seeded_call(seed: int, key: int, fn: Callable[[], Any]) -> Any:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(sample_seed(seed, key))
         return fn()
+
+
+@dataclass(frozen=True)
+class MultiCropViews(ViewParams):
+    """Multi-crop (SwAV): `global_crops` views of `size` px at `scale`, then `local_crops` views of
+    `local_size` px at `local_scale`, each with the photometric chain. Crop k uses the view-(k % 2 + 1)
+    probabilities: the global crops are BYOL's view 1 and view 2, and the local crops alternate the
+    two as ORL's patch pairs do. The scales are SwAV's: local crops cover 5-14% of the image and
+    global crops the rest of the range."""
+    scale: tuple[float, float] = (0.14, 1.0)
+    global_crops: int = 2
+    local_crops: int = 4
+    local_size: int = 96
+    local_scale: tuple[float, float] = (0.05, 0.14)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.global_crops < 1 or self.local_crops < 0:
+            raise ValueError(f"views need global_crops >= 1 and local_crops >= 0, got {self.global_crops} "
+                             f"and {self.local_crops}")
+        if self.local_size < 1:
+            raise ValueError(f"views.local_size must be >= 1, got {self.local_size}")
+
+
+def multi_crop_transform(p: MultiCropViews) -> MultiView:
+    """PIL image -> the global crops, then the local crops (MultiCropViews)."""
+    local = replace(p, size=p.local_size, scale=p.local_scale)
+    return MultiView(*(view_transform(p, k % 2 + 1) for k in range(p.global_crops)),
+                     *(view_transform(local, k % 2 + 1) for k in range(p.local_crops)))

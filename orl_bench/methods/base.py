@@ -51,6 +51,9 @@ class Method(nn.Module):
     """
 
     Params: ClassVar[type] = NoParams
+    # A plugin from another package ships its recipes (<scale>.yaml) in this folder; in-tree
+    # methods' recipes are pretrain/<name>/.
+    recipes_dir: ClassVar[Path | None] = None
     backbone: ResNet
 
     def __init__(self, cfg: PretrainConfig, inputs: Mapping[str, Path] | None = None):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from orl_bench.config import PretrainConfig
-from orl_bench.data.views import MultiView, ViewParams, view_transform
+from orl_bench.data.views import MultiView, ViewParams, two_views
 from orl_bench.methods.base import Method, Progress, byol_loss, ema_update, make_target, momentum_at
 from orl_bench.models.heads import MLP
 from orl_bench.registry import METHODS
@@ -41,7 +41,7 @@ class BYOL(Method):
         self.target = make_target(self.online)
 
     def view_transform(self) -> MultiView:
-        return MultiView(view_transform(self.params.views, 1), view_transform(self.params.views, 2))
+        return two_views(self.params.views)
 
     def symmetric_loss(self, predictor: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """BYOL loss of a pair in both directions; each input is its own forward pass."""

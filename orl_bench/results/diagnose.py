@@ -272,7 +272,7 @@ def diagnose(folder: Path, workdir: Path, device: torch.device, eval_task: TaskC
     folder = Path(folder)
     manifest, cfg = read_manifest(folder), pipeline.artifact_config(folder)
     if eval_task is not None:
-        pipeline.evaluate(eval_task, pipeline.artifact_ref(folder), workdir, device, pipeline.record_fields(cfg))
+        pipeline.evaluate(eval_task, pipeline.artifact_ref(folder), workdir, device, pipeline.record_fields(cfg, folder))
     images = pipeline.pretrain_images(cfg.data, workdir)
     params = None if cfg.method["name"] == pipeline.RANDOM else METHODS.get(cfg.method["name"]).params_of(cfg)
     mined = mined_with(folder, manifest["backbone_sha256"])

@@ -19,7 +19,7 @@ def tiny_config(method: str, **train) -> PretrainConfig:
     """The tiny scale with the method's defaults, shrunk to tiny widths where it has them."""
     data = load_yaml_recipe(recipe_root("pretrain") / "_scales" / "tiny.yaml")
     data["train"].update({"epochs": 1, **train})
-    own = recipe_root("pretrain") / method / "tiny.yaml"
+    own = pipeline.recipe_folder(method) / "tiny.yaml"  # a plugin package's own recipes included
     if own.exists():
         data["method"] = load_yaml_recipe(own)["method"]
     else:

@@ -22,7 +22,7 @@ from orl_bench.engine.distributed import DistInfo
 from orl_bench.methods.base import Method
 from orl_bench.methods.byol import BYOLParams
 from orl_bench.methods.orl import proposals, stage2
-from orl_bench.methods.orl.boxes import filter_boxes, scaled
+from orl_bench.methods.orl.boxes import filter_boxes, load_boxes, scaled
 from orl_bench.methods.orl.correspondence import (OFFICIAL_INFO_KEYS, Correspondences,
                                                   export_official, import_official)
 from orl_bench.methods.orl.proposals import ProposalStore
@@ -226,7 +226,7 @@ def test_batching_crops_across_images_does_not_change_embeddings(setup, first_ru
     """One forward per image and one forward per many images give the same RoI files."""
     stage1, images = setup
     backbone = load_stage1(stage1).backbone
-    boxes = stage2._load_boxes(first_run / "boxes.npz")
+    boxes = load_boxes(first_run / "boxes.npz")
     positions = list(range(8))
     outputs = {}
     for batch in (1, 1000):

@@ -7,10 +7,13 @@ that order, not the score-sorted NMS of detectors (proposals have no scores).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
+
+from orl_bench.io import atomic_write
 
 FALLBACKS = ("largest", "first")
 
@@ -85,3 +88,18 @@ def filter_boxes(raw_xywh: np.ndarray, f: BoxFilter) -> np.ndarray:
             if len(kept) == f.max_boxes:
                 break
     return raw[candidates[kept]].copy()
+
+
+def save_boxes(path: Path, boxes: list[np.ndarray]) -> None:
+    """Per-image box arrays to one .npz (counts + concatenated rows), atomically."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy would append .npz to a name
+            np.savez(f, counts=np.array([len(b) for b in boxes], np.int64),
+                     boxes=np.concatenate(boxes or [np.zeros((0, 4), np.float32)]))
+    atomic_write(path, write)
+
+
+def load_boxes(path: Path) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        counts, flat = z["counts"], z["boxes"]
+    return np.split(flat, np.cumsum(counts)[:-1])

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from torchvision.ops import box_convert, box_iou
 from torchvision.transforms import v2
 
 from orl_bench.data.images import UnreadableImageError, read_rgb
-from orl_bench.data.views import normalize, photometric, seeded_call, view_transform
+from orl_bench.data.pretrain_dataset import ViewsDataset
+from orl_bench.data.views import normalize, photometric, view_transform
 from orl_bench.methods.orl.correspondence import CorrespondenceError, Correspondences
 
 if TYPE_CHECKING:
@@ -85,14 +85,14 @@ def _randint(n: int) -> int:
     return int(torch.randint(n, ()))
 
 
-class ORLDataset(Dataset):
+class ORLDataset(ViewsDataset):
     """Indexed by sampler keys (epoch * N + index). Returns
     (index, ((global1, global2), (intra1, intra2), (inter1, inter2))), or (index, None) when the
     image cannot be read, for `collate_skipping_unreadable`."""
 
     def __init__(self, paths: list[Path], correspondences: Correspondences, params: ORLParams,
                  seed: int):
-        self.paths = [Path(p) for p in paths]
+        super().__init__(paths, None, seed)
         c = correspondences
         c.validate(n_images=len(self.paths))
         for i, (path, name) in enumerate(zip(self.paths, c.file_names, strict=True)):
@@ -117,20 +117,8 @@ class ORLDataset(Dataset):
         self.patch_size = params.patch_size
         self.patch_views = {which: v2.Compose([*photometric(params.views, which, params.patch_size),
                                                normalize()]) for which in (1, 2)}
-        self.seed = seed
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, key: int) -> tuple[int, tuple[Pair, Pair, Pair] | None]:
-        index = key % len(self.paths)
-        try:
-            image = read_rgb(self.paths[index])
-        except UnreadableImageError:
-            return index, None
-        return index, seeded_call(self.seed, key, lambda: self._sample(index, image))
-
-    def _sample(self, index: int, image: Image.Image) -> tuple[Pair, Pair, Pair]:
+    def sample(self, index: int, image: Image.Image) -> tuple[Pair, Pair, Pair]:
         views = (self.global_views[0](image), self.global_views[1](image))
         pixels = v2.functional.pil_to_tensor(image)
         boxes = self.boxes[index]

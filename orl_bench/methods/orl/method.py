@@ -94,7 +94,7 @@ class ORL(BYOL):
         t0 = time.perf_counter()
         done = (folder / ARTIFACT).exists()
         proposals = ctx.workdir / "artifacts" / f"proposals-{ctx.images.key}"  # shared by every stage 1, K, ratio
-        path = discover(stage1_dir, ctx.images.paths, ctx.images.coco, p.stage2, folder, ctx.info, proposals)
+        path = discover(stage1_dir, ctx.images.paths, ctx.images.coco or None, p.stage2, folder, ctx.info, proposals)
         steps = folder / "stage2_timings.json"
         stage2 = {"stage2_s": round(time.perf_counter() - t0, 2), "stage2_reused": done,
                   "stage2_steps_s": json.loads(steps.read_text())["timings"] if steps.exists() else {}}

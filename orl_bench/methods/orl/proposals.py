@@ -13,6 +13,7 @@ Every source yields per image an (n, 4) xywh array in original pixels, in image-
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import multiprocessing
 from pathlib import Path
@@ -22,7 +23,8 @@ import numpy as np
 
 from orl_bench.data.coco import CocoDataset
 from orl_bench.data.images import UnreadableImageError, read_rgb
-from orl_bench.io import save_npy
+from orl_bench.engine.distributed import DistInfo
+from orl_bench.io import atomic_write_json, save_npy
 
 _PER_FOLDER = 1000  # files per sub-folder: 118k files in one folder is slow on many filesystems
 _LIBC = ctypes.CDLL(None)  # the process's C library, whose rand() OpenCV's selective search uses
@@ -106,6 +108,30 @@ def compute_proposals(paths: list[Path], store_dir: Path, workers: int, rank: in
         for job in jobs:
             _compute_one(job)
     return [i for i in share if len(store.load(i)) == 0]
+
+
+def check_inputs(folder: Path, record: dict, info: DistInfo) -> None:
+    """Refuse a folder built from other inputs (its `params.json` differs from `record`): its
+    cached steps would silently mix them. A new folder gets `record` (written by rank 0)."""
+    path = Path(folder) / "params.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        differ = sorted(k for k in old.keys() | record.keys() if old.get(k) != record.get(k))
+        if differ:
+            raise ValueError(f"{folder} holds results of other inputs (differing: {differ}); "
+                             "use another folder or remove it")
+    elif info.is_main:
+        atomic_write_json(path, record)
+
+
+def shared_proposals(store_dir: Path, paths: list[Path], workers: int, info: DistInfo) -> None:
+    """Selective search of every image into `store_dir`, which every method over the same image
+    list shares (ORL's stage 2 for any stage 1, K or pair ratio; UniVIP). A folder made for
+    another image list is refused. Every rank calls this; each computes its share."""
+    names = "\n".join(Path(x).name for x in paths)
+    check_inputs(store_dir, {"images": len(paths), "file_names_sha256": hashlib.sha256(names.encode()).hexdigest()},
+                 info)
+    compute_proposals(paths, store_dir, workers, info.rank, info.world_size)
 
 
 def load_all(store_dir: Path, n: int) -> list[np.ndarray]:

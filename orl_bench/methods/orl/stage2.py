@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -44,12 +43,12 @@ from orl_bench.data.images import UnreadableImageError, read_rgb
 from orl_bench.data.views import normalize
 from orl_bench.engine.checkpoint import TRAIN_STATE, is_complete, load_train_state, read_manifest
 from orl_bench.engine.distributed import DistInfo, barrier
-from orl_bench.io import atomic_write, atomic_write_json, save_npy
+from orl_bench.io import atomic_write_json, save_npy
 from orl_bench.methods.base import Method
-from orl_bench.methods.orl.boxes import BoxFilter, filter_boxes, scaled
+from orl_bench.methods.orl.boxes import BoxFilter, filter_boxes, load_boxes, save_boxes, scaled
 from orl_bench.methods.orl.correspondence import Correspondences
-from orl_bench.methods.orl.proposals import (compute_proposals, gt_proposals,
-                                             import_official_proposals, load_all)
+from orl_bench.methods.orl.proposals import (check_inputs, gt_proposals, import_official_proposals, load_all,
+                                             shared_proposals)
 from orl_bench.methods.orl.retrieval import knn, retrieve_pairs
 from orl_bench.methods.orl.roi_embed import ForwardCounter, crop_rois, embed_crops
 from orl_bench.models.backbones import ResNet
@@ -187,20 +186,6 @@ def _raw_boxes(p: Stage2Params, n: int, coco: list[CocoDataset] | None,
     return import_official_proposals(Path(p.box_source[len(OFFICIAL_PREFIX):]), n)
 
 
-def _save_boxes(path: Path, boxes: list[np.ndarray]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: numpy would append .npz to a name
-            np.savez(f, counts=np.array([len(b) for b in boxes], np.int64),
-                     boxes=np.concatenate(boxes or [np.zeros((0, 4), np.float32)]))
-    atomic_write(path, write)
-
-
-def _load_boxes(path: Path) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        counts, flat = z["counts"], z["boxes"]
-    return np.split(flat, np.cumsum(counts)[:-1])
-
-
 def roi_path(out_dir: Path, i: int) -> Path:
     return Path(out_dir) / "roi" / f"{i:08d}.npy"
 
@@ -273,19 +258,6 @@ def _sum_over_ranks(value: int, info: DistInfo) -> int:
     return int(t.item())
 
 
-def _check_inputs(out_dir: Path, record: dict, info: DistInfo) -> None:
-    """Refuse a folder built from other inputs: its cached steps would silently mix settings."""
-    path = out_dir / "params.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        differ = sorted(k for k in old.keys() | record.keys() if old.get(k) != record.get(k))
-        if differ:
-            raise ValueError(f"{out_dir} holds stage-2 results of other inputs (differing: {differ}); "
-                             "use another folder or remove it")
-    elif info.is_main:
-        atomic_write_json(path, record)
-
-
 def discover(stage1_dir: Path, paths: list[Path], coco: list[CocoDataset] | None,
              params: Stage2Params, out_dir: Path, info: DistInfo | None = None,
              proposal_dir: Path | None = None) -> Path:
@@ -312,10 +284,8 @@ def discover(stage1_dir: Path, paths: list[Path], coco: list[CocoDataset] | None
     record = {"stage1_backbone_sha256": stage1_sha, "images": n,
               "file_names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
               **to_dict(params, for_hash=True)}
-    _check_inputs(out_dir, record, info)
+    check_inputs(out_dir, record, info)
     proposal_dir = Path(proposal_dir or out_dir / "proposals")
-    if params.box_source == "selective_search":
-        _check_inputs(proposal_dir, {k: record[k] for k in ("images", "file_names_sha256")}, info)
     if final.exists():
         return final
     timings: dict[str, float] = {}
@@ -337,14 +307,14 @@ def discover(stage1_dir: Path, paths: list[Path], coco: list[CocoDataset] | None
             save_npy(files["knn.npy"], knn(np.load(files["embeddings.npy"]), params.knn_k))
     if params.box_source == "selective_search" and not files["boxes.npz"].exists():
         with _timed(timings, "proposals"):
-            compute_proposals(paths, proposal_dir, params.workers, info.rank, info.world_size)
+            shared_proposals(proposal_dir, paths, params.workers, info)
     barrier(info)
     if info.is_main and not files["boxes.npz"].exists():
         with _timed(timings, "boxes"):
             raw = _raw_boxes(params, n, coco, proposal_dir)
-            _save_boxes(files["boxes.npz"], filtered_boxes(raw, np.load(files["image_sizes.npy"]), params))
+            save_boxes(files["boxes.npz"], filtered_boxes(raw, np.load(files["image_sizes.npy"]), params))
     barrier(info)
-    boxes = _load_boxes(files["boxes.npz"])
+    boxes = load_boxes(files["boxes.npz"])
     todo = [i for i in range(info.rank, n, info.world_size) if not roi_path(out_dir, i).exists()]
     backbone = stage1().backbone if todo else None
     with _timed(timings, "roi_embeddings"):

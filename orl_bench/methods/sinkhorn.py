@@ -1,0 +1,28 @@
+"""Entropic optimal transport by Sinkhorn iterations in the log domain (UniVIP's instance matching).
+
+The plan minimises <plan, cost> - eps * entropy(plan) with row sums `a` and column sums `b`; it
+is diag(exp(f / eps)) exp(-cost / eps) diag(exp(g / eps)) for potentials f, g. Updating f and g
+with logsumexp instead of scaling exp(-cost / eps) keeps small eps from underflowing. A zero
+entry of a marginal is log 0 = -inf: its row (column) of the plan is 0, which is well defined as
+long as each marginal has some mass.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, iters: int) -> torch.Tensor:
+    """(..., n, m) transport plans for (..., n, m) costs, (..., n) row and (..., m) column
+    marginals (non-negative, equal total mass). Each iteration matches the rows then the columns,
+    so the columns are exact and the rows converge."""
+    if cost.ndim < 2 or a.shape != cost.shape[:-1] or b.shape != cost.shape[:-2] + cost.shape[-1:]:
+        raise ValueError(f"sinkhorn needs cost (..., n, m), a (..., n), b (..., m); got cost "
+                         f"{tuple(cost.shape)}, a {tuple(a.shape)}, b {tuple(b.shape)}")
+    if eps <= 0 or iters < 1:
+        raise ValueError(f"sinkhorn needs eps > 0 and iters >= 1, got eps {eps}, iters {iters}")
+    log_a, log_b = a.log(), b.log()
+    f, g = torch.zeros_like(a), torch.zeros_like(b)
+    for _ in range(iters):
+        f = eps * (log_a - torch.logsumexp((g.unsqueeze(-2) - cost) / eps, dim=-1))
+        g = eps * (log_b - torch.logsumexp((f.unsqueeze(-1) - cost) / eps, dim=-2))
+    return torch.exp((f.unsqueeze(-1) + g.unsqueeze(-2) - cost) / eps)

@@ -1,0 +1,1 @@
+"""SimSiam as another package ships it: a method found through the `orl_bench.methods` entry point."""

@@ -1,0 +1,60 @@
+"""SimSiam from another package (simsiam_plugin here): found through its entry point, listed, run
+from its own recipes, and held to the same checks as every built-in method."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from orl_bench import pipeline
+from orl_bench.config import ConfigError
+from orl_bench.registry import METHODS
+from tests.conftest import run_main
+from tests.methods import test_methods as method_suite
+
+PLUGINS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def simsiam(monkeypatch):
+    """The plugin's folder on sys.path and METHODS discovering entry points again; both undone after."""
+    METHODS.names()  # the in-tree methods, registered before the registry is copied
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+    monkeypatch.setattr(METHODS, "_sources", dict(METHODS._sources))
+    monkeypatch.setattr(METHODS, "_loaded", False)
+    return METHODS.get("simsiam")
+
+
+def test_simsiam_is_found_through_its_entry_point_and_listed(simsiam, capsys):
+    assert simsiam.__module__ == "simsiam_plugin.method"
+    listed = run_main(capsys, "list", "methods")
+    assert "entry point 'simsiam = simsiam_plugin.method:SimSiam' of simsiam-plugin" in listed
+    recipes = run_main(capsys, "list", "recipes")
+    assert f"pretrain/simsiam/tiny ({PLUGINS / 'simsiam_plugin' / 'recipes'})" in recipes
+
+
+def test_simsiam_passes_the_suite_every_method_passes(simsiam, workdir):
+    method_suite.test_method_trains_exports_and_reloads_strictly("simsiam", workdir)
+
+
+def test_recipes_come_from_the_plugin_and_inherit_the_shipped_scales(simsiam):
+    assert pipeline.recipe_folder("simsiam") == PLUGINS / "simsiam_plugin" / "recipes"
+    cfg, byol = (pipeline.load_pretrain_config(m, "tiny", []) for m in ("simsiam", "byol"))
+    assert (cfg.data, cfg.model, cfg.train) == (byol.data, byol.model, byol.train)
+    assert cfg.optim.lr == 0.05 and cfg.method["pred_hidden_dim"] == 8
+    with pytest.raises(ConfigError, match=r"no pretrain recipe 'paper' for 'simsiam'.*available: default, tiny"):
+        pipeline.load_pretrain_config("simsiam", "paper", [])
+
+
+def test_loss_is_the_negative_cosine_through_the_predictor_only(simsiam):
+    from simsiam_plugin.method import negative_cosine
+    g = torch.Generator().manual_seed(0)
+    p, z = torch.randn(5, 7, generator=g, requires_grad=True), torch.randn(5, 7, generator=g, requires_grad=True)
+    loss = negative_cosine(p, z)
+    a, b = p.detach(), z.detach()
+    expected = -sum(float(a[i] @ b[i]) / float(a[i].norm() * b[i].norm()) for i in range(5)) / 5
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert p.grad is not None and z.grad is None  # the stop-gradient on the projection
+    method = simsiam(pipeline.load_pretrain_config("simsiam", "tiny", []))
+    assert not any(name.startswith("target") for name, _ in method.named_modules())  # no momentum encoder
