@@ -60,6 +60,7 @@ class SynthSpec:
     clutter: tuple[int, int] = SceneStyle.clutter
     backdrop: float = SceneStyle.backdrop
     blotches: float = SceneStyle.blotches
+    rotation: float = SceneStyle.rotation
 
     def __post_init__(self) -> None:
         category_table(self.num_categories)  # validates the range
@@ -76,7 +77,7 @@ class SynthSpec:
 
     def style(self) -> SceneStyle:
         return SceneStyle(tuple(self.object_size), tuple(self.saturation), self.grating, tuple(self.clutter),
-                          self.backdrop, self.blotches)
+                          self.backdrop, self.blotches, self.rotation)
 
     def digest(self) -> str:
         payload = json.dumps({"generator": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)

@@ -3,7 +3,7 @@
 A category is a shape family with a texture. Colour, size, pose, aspect, vertex jitter and the
 texture's period, orientation and phase are drawn per instance, so colour jitter (a standard SSL
 augmentation) never destroys the class cue and no two instances of a class look alike
-(DESIGN.md, calibration notes). The background (gradient, low-frequency noise, an optional faint
+(results/embedded/range_search.md). The background (gradient, low-frequency noise, an optional faint
 grating, scribbles and dots) is drawn independently of the objects, so it carries no label
 information. `SceneStyle` sets how loud the background and how colourful the objects are.
 """
@@ -205,15 +205,17 @@ class SceneStyle:
     clutter: tuple[int, int] = (2, 8)  # background strokes, scribbles and dots per scene
     backdrop: float = 0.15  # colour range of the background gradient around mid-grey (1 = full)
     blotches: float = 1.0  # gain on the background's low-frequency colour blotches (0 = none)
+    rotation: float = 1.0  # share of a full turn that poses and texture orientations span (0 = upright)
 
     def __post_init__(self) -> None:
         if not 0 < self.object_size[0] <= self.object_size[1] <= 1:
             raise ValueError(f"object_size must satisfy 0 < lo <= hi <= 1 (diameter / short side), got {self.object_size}")
         if not 0 <= self.saturation[0] <= self.saturation[1] <= 1 or self.grating < 0 or \
-                not 0 <= self.clutter[0] <= self.clutter[1] or not 0 <= self.backdrop <= 1 or self.blotches < 0:
+                not 0 <= self.clutter[0] <= self.clutter[1] or not 0 <= self.backdrop <= 1 or self.blotches < 0 \
+                or not 0 <= self.rotation <= 1:
             raise ValueError(f"need 0 <= saturation lo <= hi <= 1, grating >= 0, 0 <= clutter lo <= hi, "
-                             f"0 <= backdrop <= 1 and blotches >= 0; got {self.saturation}, {self.grating}, "
-                             f"{self.clutter}, {self.backdrop}, {self.blotches}")
+                             f"0 <= backdrop <= 1, blotches >= 0 and 0 <= rotation <= 1; got {self.saturation}, "
+                             f"{self.grating}, {self.clutter}, {self.backdrop}, {self.blotches}, {self.rotation}")
 
 
 # --- instances ---
@@ -236,9 +238,16 @@ def is_difficult(visible_area: int, own_area: int, box_w: float, box_h: float,
             or min(box_w, box_h) < DIFFICULT_MIN_SIDE * short_side)
 
 
-def _silhouette(rng, shape: str, centre: np.ndarray, radius: float, hw: tuple[int, int]):
+def _angle(rng, rotation: float) -> float:
+    """An angle in [0, 2 pi) narrowed around pi to `rotation` of the turn; the same draw at any
+    `rotation`, so the other properties of a scene do not change with it."""
+    angle = _u(rng, 0, 2 * np.pi)
+    return angle if rotation == 1 else np.pi + (angle - np.pi) * rotation
+
+
+def _silhouette(rng, shape: str, centre: np.ndarray, radius: float, hw: tuple[int, int], rotation: float):
     filled, holes = _SHAPE_FNS[shape](rng)
-    theta = rng.uniform(0, 2 * np.pi)
+    theta = _angle(rng, rotation)
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     squash = np.array([1.0, rng.uniform(0.8, 1.0)])  # aspect jitter, stays inside the disc
     mask = np.zeros(hw, np.uint8)
@@ -262,7 +271,7 @@ def _place(rng, centres: list[tuple[float, float]], radius: float,
 
 
 def _sample_objects(rng, hw, num_categories, min_objects, max_objects,
-                    object_size: tuple[float, float]) -> list[SceneObject]:
+                    object_size: tuple[float, float], rotation: float) -> list[SceneObject]:
     """Back-to-front instances; a candidate that would hide an earlier object completely is
     redrawn (position and size), so every placed object keeps some visible pixels."""
     table = category_table(num_categories)
@@ -274,7 +283,7 @@ def _sample_objects(rng, hw, num_categories, min_objects, max_objects,
         for _ in range(_PLACEMENT_TRIES):
             radius = short * _u(rng, *object_size) / 2
             centre = _place(rng, [o.centre for o in objects], radius, hw)
-            mask = _silhouette(rng, shape, centre, radius, hw)
+            mask = _silhouette(rng, shape, centre, radius, hw, rotation)
             if mask.any() and all((o.visible & ~mask).any() for o in objects):
                 break
         else:
@@ -300,11 +309,11 @@ def _colour_pair(rng, saturation: tuple[float, float]) -> tuple[np.ndarray, np.n
     return _colour(rng, v1, saturation), _colour(rng, v2, saturation)
 
 
-def _texture(rng, texture: str, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
+def _texture(rng, texture: str, x: np.ndarray, y: np.ndarray, radius: float, rotation: float) -> np.ndarray:
     """Boolean pattern on the grid (x, y) (object-centred pixels) with a random period,
     orientation and phase."""
     period = max(3.5, radius * _u(rng, 0.35, 0.6))
-    phi = _u(rng, 0, 2 * np.pi)
+    phi = _angle(rng, rotation)
     c, s = np.cos(phi) / period, np.sin(phi) / period
     u = x * c + y * s + _u(rng)
     v = y * c - x * s + _u(rng)
@@ -335,15 +344,15 @@ def _texture(rng, texture: str, x: np.ndarray, y: np.ndarray, radius: float) -> 
     raise ValueError(f"unknown texture {texture!r}")
 
 
-def _paint(rng, canvas: np.ndarray, obj: SceneObject, saturation: tuple[float, float]) -> None:
+def _paint(rng, canvas: np.ndarray, obj: SceneObject, style: SceneStyle) -> None:
     (cx, cy), r = obj.centre, obj.radius  # the shape lies in this disc
     h, w = obj.mask.shape
     y0, y1 = max(0, int(cy - r)), min(h, int(cy + r) + 2)
     x0, x1 = max(0, int(cx - r)), min(w, int(cx + r) + 2)
     x = np.arange(x0, x1, dtype=np.float32)[None, :] - cx
     y = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
-    pattern = _texture(rng, obj.texture, x, y, r)
-    base, ink = _colour_pair(rng, saturation)
+    pattern = _texture(rng, obj.texture, x, y, r, style.rotation)
+    base, ink = _colour_pair(rng, style.saturation)
     light = _u(rng, 0, 2 * np.pi)  # a soft directional shading, as on a lit object
     gain = _u(rng, 0, 0.25) / r
     shade = 1 + x * (gain * np.cos(light)) + y * (gain * np.sin(light))
@@ -387,9 +396,10 @@ def render_scene(rng: np.random.Generator, height: int, width: int, num_categori
     """An RGB uint8 (H, W, 3) scene and its objects, back to front."""
     hw = (height, width)
     canvas = _background(rng, hw, style)
-    objects = _sample_objects(rng, hw, num_categories, min_objects, max_objects, style.object_size)
+    objects = _sample_objects(rng, hw, num_categories, min_objects, max_objects, style.object_size,
+                              style.rotation)
     for obj in objects:
-        _paint(rng, canvas, obj, style.saturation)
+        _paint(rng, canvas, obj, style)
     # sensor-like noise; uniform bytes are ~10x cheaper to draw than normal variates
     noise = np.frombuffer(rng.bytes(canvas.size), np.uint8).reshape(canvas.shape)
     canvas += (noise.astype(np.float32) - 127.5) * np.float32(rng.uniform(2, 6) / 73.6)

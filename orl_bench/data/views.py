@@ -1,4 +1,4 @@
-"""View augmentation recipes (PROTOCOLS 1) and the deterministic per-sample RNG they run under.
+"""View augmentation recipes (docs/protocols.md 1) and the deterministic per-sample RNG they run under.
 
 Every sample's randomness is derived from (seed, sample key), where the key encodes the epoch
 and the image index. So a run resumed mid-epoch, or run with a different number of loader

@@ -1,4 +1,4 @@
-"""PASCAL VOC2007 classification labels (PROTOCOLS.md 5.1) and boxes from its standard layout."""
+"""PASCAL VOC2007 classification labels (docs/protocols.md 5.1) and boxes from its standard layout."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET

@@ -1,4 +1,4 @@
-"""Checkpoint artifacts (DESIGN.md, Contracts).
+"""Checkpoint artifacts (docs/plugins.md).
 
 A pretraining artifact folder holds `train_state.pt` (everything needed to resume), and once
 training is complete `backbone.safetensors` (torchvision ResNet key names) and `manifest.json`.

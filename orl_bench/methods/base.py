@@ -118,7 +118,7 @@ def make_target(online: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """Parameters only: buffers (BN running statistics) are not averaged (PROTOCOLS 1)."""
+    """Parameters only: buffers (BN running statistics) are not averaged (docs/protocols.md 1)."""
     t_params = list(target.parameters())
     o_params = [p.detach() for p in online.parameters()]
     torch._foreach_mul_(t_params, momentum)

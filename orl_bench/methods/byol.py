@@ -1,4 +1,4 @@
-"""BYOL (Grill et al., 2020) as used by ORL's stage 1 and as its baseline (PROTOCOLS 1).
+"""BYOL (Grill et al., 2020) as used by ORL's stage 1 and as its baseline (docs/protocols.md 1).
 
 An online network (backbone -> projector -> predictor) regresses the target network's
 projection of another view of the same image; the target is an EMA of the online weights.

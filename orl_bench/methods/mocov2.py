@@ -1,4 +1,4 @@
-"""MoCo v2 (Chen et al., 2020), one of the paper's image-level baselines (PROTOCOLS 4).
+"""MoCo v2 (Chen et al., 2020), one of the paper's image-level baselines (docs/methods.md).
 
 A query encoder (backbone -> MLP head) is trained to match the momentum key encoder's embedding of
 another view of the same image against a queue of keys from earlier batches. The queue and its

@@ -1,4 +1,4 @@
-"""SCRL (Roh et al., CVPR 2021): BYOL on boxes that both views show (PROTOCOLS 4).
+"""SCRL (Roh et al., CVPR 2021): BYOL on boxes that both views show (docs/methods.md).
 
 Per image, up to `boxes_per_image` boxes are sampled in the overlap of the two views' crops and
 mapped into each view (mirrored when a view is flipped). A box's feature is RoIAlign (1x1) on the

@@ -1,4 +1,4 @@
-"""SimCLR (Chen et al., 2020), one of the paper's image-level baselines (PROTOCOLS 4).
+"""SimCLR (Chen et al., 2020), one of the paper's image-level baselines (docs/methods.md).
 
 Two views of each image go through the backbone and a two-layer projector to 128-d; NT-Xent
 pulls the two views of an image together against every other view in the global batch.

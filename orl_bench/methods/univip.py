@@ -1,5 +1,5 @@
 """UniVIP (Li et al., CVPR 2022): scene-scene, scene-instance and instance-instance learning,
-the three losses equally weighted (PROTOCOLS 4).
+the three losses equally weighted (docs/methods.md).
 
 Two scene views are drawn until their overlap holds K whole proposals; K of those boxes, each
 cropped from the image and resized to `instance_size`, are the instances, augmented twice like

@@ -1,4 +1,4 @@
-"""MLP heads: the BYOL projector / predictor shape (PROTOCOLS 1)."""
+"""MLP heads: the BYOL projector / predictor shape (docs/protocols.md 1)."""
 from __future__ import annotations
 
 from torch import nn

@@ -92,12 +92,12 @@ def image_encoder(folder: Path, cfg: PretrainConfig) -> tuple[nn.Module, str]:
 
 
 def bank_params(params: Any) -> tuple[Stage2Params, str]:
-    """The artifact's own stage-2 settings if it has some (ORL), else K = 10 (PROTOCOLS 2) with the
+    """The artifact's own stage-2 settings if it has some (ORL), else K = 10 (docs/protocols.md 2) with the
     bank at the view size after a 256/224 resize, as every shipped ORL recipe sizes it."""
     if getattr(params, "stage2", None):
         return params.stage2, "the artifact's stage-2 params"
     size = views_of(params)[0].size
-    return Stage2Params(embed_size=size, embed_resize_short=round(size * 256 / 224)), "PROTOCOLS 2 default K"
+    return Stage2Params(embed_size=size, embed_resize_short=round(size * 256 / 224)), "docs/protocols.md 2 default K"
 
 
 def mined_with(folder: Path, backbone_sha256: str) -> list[Path]:

@@ -1,6 +1,6 @@
 """Shared feature extraction for the benchmarks: layer taps, the pooling table, a disk cache.
 
-Pooling (PROTOCOLS 5.1): ResNet-50 maps at 224 px are average-pooled with the reference
+Pooling (docs/protocols.md 5.1): ResNet-50 maps at 224 px are average-pooled with the reference
 kernel/stride/pad; at any other map size (other inputs, the embedded recipes) each layer is pooled
 adaptively to the same output grid, so every layer keeps its spatial layout.
 """

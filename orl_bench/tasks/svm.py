@@ -1,4 +1,4 @@
-"""Linear-SVM solver and metric core of the VOC07 benchmarks (PROTOCOLS 5.1, and 5.2's pieces).
+"""Linear-SVM solver and metric core of the VOC07 benchmarks (docs/protocols.md 5.1, and 5.2's pieces).
 
 Pure numpy + scikit-learn. It reproduces the official benchmark code (OpenSelfSup's
 ``benchmarks/svm_tools``, derived from FAIR's self-supervision benchmark) with these recorded
@@ -40,7 +40,7 @@ OFFICIAL_COSTS: tuple[float, ...] = (1.0, 10.0, 100.0) + tuple(0.5**k for k in r
 
 SVM_RANDOM_STATE = 0
 SVM_MAX_ITER = 2000
-NEGATIVES_PER_POSITIVE = 19  # low-shot: k positives and 19 k negatives per class (PROTOCOLS 5.2)
+NEGATIVES_PER_POSITIVE = 19  # low-shot: k positives and 19 k negatives per class (docs/protocols.md 5.2)
 
 _VALID_LABELS = (1, 0, -1)
 
@@ -100,7 +100,7 @@ def _cv_problem(train_y: np.ndarray, folds: int) -> str | None:
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Each row divided by (its L2 norm + 1e-5), as PROTOCOLS 5.1; float32 in, float32 out."""
+    """Each row divided by (its L2 norm + 1e-5), as docs/protocols.md 5.1; float32 in, float32 out."""
     arr = np.asarray(x, dtype=np.float32)
     if arr.ndim != 2:
         raise ValueError(f"features must be 2-D (rows x dims), got shape {arr.shape}")
@@ -115,7 +115,7 @@ def train_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def make_svm(cost: float) -> LinearSVC:
-    """The PROTOCOLS 5.1 solver: L2-regularised squared-hinge linear SVM, liblinear dual CD."""
+    """The docs/protocols.md 5.1 solver: L2-regularised squared-hinge linear SVM, liblinear dual CD."""
     return LinearSVC(
         C=_check_cost(cost),
         penalty="l2",
@@ -312,7 +312,7 @@ def evaluate_voc07(
     folds: int = 3,
     n_jobs: int | None = None,
 ) -> SvmResult:
-    """PROTOCOLS 5.1 from features to mAP: one CV-tuned SVM per class, VOC AP on test.
+    """docs/protocols.md 5.1 from features to mAP: one CV-tuned SVM per class, VOC AP on test.
 
     Features (N x D) should already be ``normalize_rows``-ed; labels are N x C in {1, 0, -1}.
     ``n_jobs`` follows joblib (None: 1 unless inside ``joblib.parallel_config``; -1: all
@@ -354,7 +354,7 @@ def evaluate_voc07(
 def sample_low_shot(
     labels: np.ndarray, k: int, rng: np.random.Generator | int
 ) -> dict[int, np.ndarray]:
-    """PROTOCOLS 5.2 draw: per class independently, k rows labelled 1 and 19 k labelled 0.
+    """docs/protocols.md 5.2 draw: per class independently, k rows labelled 1 and 19 k labelled 0.
 
     Without replacement; rows labelled -1 are never drawn. Returns class index -> sorted row
     indices (sorted so a class's training rows keep dataset order, as the official masked label

@@ -1,4 +1,4 @@
-"""VOC07 linear SVM (PROTOCOLS 5.1): frozen features of trainval -> per-class CV-tuned linear
+"""VOC07 linear SVM (docs/protocols.md 5.1): frozen features of trainval -> per-class CV-tuned linear
 SVMs -> VOC AP on test. One record per evaluated layer, and the test split's chance level."""
 from __future__ import annotations
 

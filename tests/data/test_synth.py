@@ -51,6 +51,9 @@ def test_digest_is_stable_and_sensitive():
     assert SynthSpec(blotches=0.0).digest() != SynthSpec().digest()
     with pytest.raises(ValueError, match="blotches >= 0"):
         SynthSpec(blotches=-1.0)
+    assert SynthSpec(rotation=0.1).digest() != SynthSpec().digest()
+    with pytest.raises(ValueError, match="0 <= rotation <= 1"):
+        SynthSpec(rotation=1.5)
 
 
 def test_style_sets_object_sizes_and_every_category_has_its_own_shape():
@@ -207,3 +210,13 @@ def test_stale_temp_folders(tmp_path):
     assert (root / "spec.json").is_file() and len(CocoDataset(root / "coco")) == 8
     assert not stale.exists()  # its owner is dead: removed
     assert foreign.exists()  # another host's generation may still be running: left alone
+
+
+def test_rotation_narrows_poses_around_one_angle_and_keeps_the_draw():
+    from orl_bench.data.synth_scene import _angle
+    full = [_angle(np.random.default_rng(i), 1.0) for i in range(200)]
+    narrow = [_angle(np.random.default_rng(i), 0.1) for i in range(200)]
+    assert max(full) - min(full) > 1.8 * np.pi
+    assert all(abs(a - np.pi) <= 0.1 * np.pi for a in narrow)
+    # the same draw, narrowed: scenes keep every other property when only the pose range changes
+    assert np.allclose(np.array(narrow) - np.pi, (np.array(full) - np.pi) * 0.1)

@@ -1,4 +1,4 @@
-"""The stage-2 box filter (PROTOCOLS 2.4) on hand-made boxes and on real photographs."""
+"""The stage-2 box filter (docs/protocols.md 2.4) on hand-made boxes and on real photographs."""
 from __future__ import annotations
 
 import cv2
@@ -20,7 +20,7 @@ def iou(a, b) -> float:
 
 
 def reference(raw: np.ndarray, f: BoxFilter) -> list[list[float]]:
-    """PROTOCOLS 2.4 in plain loops."""
+    """docs/protocols.md 2.4 in plain loops."""
     kept: list[list[float]] = []
     for box in raw.astype(float).tolist():
         w, h = box[2], box[3]

@@ -1,4 +1,4 @@
-"""Image kNN (PROTOCOLS 2.2) and global top-ratio RoI pairs (PROTOCOLS 2.6) against brute force."""
+"""Image kNN (docs/protocols.md 2.2) and global top-ratio RoI pairs (docs/protocols.md 2.6) against brute force."""
 from __future__ import annotations
 
 import numpy as np
@@ -49,7 +49,7 @@ def test_knn_bad_input():
 
 
 def brute_pairs(q: np.ndarray, v: np.ndarray, ratio: float) -> list[list[int]]:
-    """PROTOCOLS 2.6 in plain loops: every (query box, neighbour box) similarity, flattened
+    """docs/protocols.md 2.6 in plain loops: every (query box, neighbour box) similarity, flattened
     row-major, sorted descending (ties by flat index), top max(1, int(ratio * B))."""
     entries = []
     for a in range(len(q)):

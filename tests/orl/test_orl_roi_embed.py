@@ -1,4 +1,4 @@
-"""RoI embeddings (PROTOCOLS 2.5): one backbone image per box, crops equal to a plain resize."""
+"""RoI embeddings (docs/protocols.md 2.5): one backbone image per box, crops equal to a plain resize."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,5 @@
-"""ORL stage 2 end to end on embedded scenes (PROTOCOLS 2): one RoI forward per kept box, pairs
-equal to a brute-force PROTOCOLS 2.6, per-image resume, ground-truth boxes, unreadable images,
+"""ORL stage 2 end to end on embedded scenes (docs/protocols.md 2): one RoI forward per kept box, pairs
+equal to a brute-force docs/protocols.md 2.6, per-image resume, ground-truth boxes, unreadable images,
 and an artifact that loads and round-trips through the official JSON layout."""
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_one_roi_forward_per_kept_box(setup, first_run):
 
 
 def brute_force_top(q: np.ndarray, v: np.ndarray, ratio: float) -> list[tuple[float, int, int]]:
-    """PROTOCOLS 2.6 literally: every entry of the B x B_k cosine matrix, sorted descending,
+    """docs/protocols.md 2.6 literally: every entry of the B x B_k cosine matrix, sorted descending,
     the first max(1, int(ratio * B))."""
     q, v = q.astype(np.float64), v.astype(np.float64)
     entries = [(float(np.dot(q[a], v[b])), a, b) for a in range(len(q)) for b in range(len(v))]

@@ -1,6 +1,6 @@
-"""The paper's reference numbers: every number of PROTOCOLS.md section 6, lookup rules, loading.
+"""The paper's reference numbers: every number of the paper's Tables 1-5, lookup rules, loading.
 
-The expected values below are a second transcription of PROTOCOLS.md section 6 (not read from
+The expected values below are a second transcription of the paper's Tables 1-5 (not read from
 the YAML), so a typo in results/paper_reference.yaml fails here.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from orl_bench.results.paper import PaperReferenceError, load_reference
 
 REPO = Path(__file__).resolve().parents[2]
 
-# "method data: values" lines as in PROTOCOLS.md section 6; "-" = no data (random init).
+# "method data: values" lines as in the paper's Tables 1-5; "-" = no data (random init).
 TABLE1 = """
 random -: 9.6 13.7 16.6 4.8
 supervised imagenet: 87.5 75.9 51.5 45.4

@@ -1,4 +1,4 @@
-"""Layer taps and the PROTOCOLS 5.1 pooling table; the per-(artifact, dataset, layer) cache."""
+"""Layer taps and the docs/protocols.md 5.1 pooling table; the per-(artifact, dataset, layer) cache."""
 import numpy as np
 import pytest
 import torch

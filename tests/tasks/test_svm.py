@@ -209,7 +209,7 @@ def test_fit_fixed_cost_matches_linearsvc() -> None:
 
 
 def reference_voc07(train_x, train_y, test_x, test_y, costs) -> tuple[list[float], list[float]]:
-    """PROTOCOLS 5.1 written out independently: official CV call, argmax, refit, devkit AP."""
+    """docs/protocols.md 5.1 written out independently: official CV call, argmax, refit, devkit AP."""
     aps, chosen = [], []
     for c in range(train_y.shape[1]):
         y = train_y[:, c].copy()

@@ -1,4 +1,4 @@
-"""ORL (Xie et al., NeurIPS 2021) stage 2, correspondence discovery (PROTOCOLS 2).
+"""ORL (Xie et al., NeurIPS 2021) stage 2, correspondence discovery (docs/protocols.md 2).
 
 proposals.py: selective search, cached per image, plus the official and ground-truth sources;
 boxes.py: the in-order box filter; roi_embed.py: one RoI embedding per kept box;

@@ -1,4 +1,4 @@
-"""The stage-2 box filter (PROTOCOLS 2.4): size, aspect ratio, in-order suppression, top-N.
+"""The stage-2 box filter (docs/protocols.md 2.4): size, aspect ratio, in-order suppression, top-N.
 
 Everything runs in proposal order. Selective search lists boxes roughly from fine to coarse
 segment merges, and ORL keeps the *first* boxes that pass, so the suppression below is greedy in
@@ -22,7 +22,7 @@ FALLBACKS = ("largest", "first")
 class BoxFilter:
     """Thresholds in pixels of the original image.
 
-    `fallback` picks the one box kept when nothing passes. "largest" (the default, PROTOCOLS)
+    `fallback` picks the one box kept when nothing passes. "largest" (the default, docs/protocols.md 2.4)
     keeps the raw box of largest area. "first" is the official code's behaviour: the first raw
     box, which from selective search is often a tiny segment; offered to reproduce it exactly.
     """

@@ -1,4 +1,4 @@
-"""The stage-2 correspondence artifact (PROTOCOLS 2.7): storage, validation, official JSON.
+"""The stage-2 correspondence artifact (docs/protocols.md 2.7): storage, validation, official JSON.
 
 Per image (position i in the dataset's image list): its kept boxes (xywh, original pixels), its K
 neighbour positions, and per neighbour the retrieved (query box, neighbour box) index pairs.

@@ -1,4 +1,4 @@
-"""ORL stage-3 samples (PROTOCOLS 3): two global views, an intra-RoI pair, an inter-RoI pair.
+"""ORL stage-3 samples (docs/protocols.md 3): two global views, an intra-RoI pair, an inter-RoI pair.
 
 Every random choice (views, box, jitter, neighbour, pair, patch augmentation) runs under
 `seeded_call(seed, key)`, so a sample depends only on (seed, epoch, index): resumable and
@@ -44,7 +44,7 @@ JITTER_TRIES = 200
 
 
 def jitter_box(box: Box, image_wh: tuple[int, int], generator: torch.Generator | None = None) -> Box:
-    """A random variant of `box` inside the image with IoU > 0.5 (PROTOCOLS 3), or `box` itself.
+    """A random variant of `box` inside the image with IoU > 0.5 (docs/protocols.md 3), or `box` itself.
 
     All 200 tries are drawn at once and the first valid one is kept: the same distribution as
     trying one at a time, and a fixed number of draws, so the RNG stream after the call does not

@@ -1,4 +1,4 @@
-"""ORL stage 3: object-level BYOL on image, intra-RoI and inter-RoI pairs (PROTOCOLS 3).
+"""ORL stage 3: object-level BYOL on image, intra-RoI and inter-RoI pairs (docs/protocols.md 3).
 
 One online network (backbone -> projector) and its EMA target are shared by three branches:
 the two global views of an image (BYOL), a box and its jittered copy (intra-RoI), and a box and

@@ -1,4 +1,4 @@
-"""Raw box proposals for stage 2 (PROTOCOLS 2.3) from one of three sources.
+"""Raw box proposals for stage 2 (docs/protocols.md 2.3) from one of three sources.
 
 - Selective search (OpenCV ximgproc, fast mode, default parameters, full resolution), cached
   one file per image so that a killed run resumes where it stopped, sharded over ranks and run

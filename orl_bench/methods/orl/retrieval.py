@@ -1,4 +1,4 @@
-"""Image kNN (PROTOCOLS 2.2) and RoI pair retrieval (PROTOCOLS 2.6), deterministic.
+"""Image kNN (docs/protocols.md 2.2) and RoI pair retrieval (docs/protocols.md 2.6), deterministic.
 
 Equal scores are ordered by index rather than left to the library (the official code's
 `torch.topk` leaves tie order unspecified), so equal inputs give equal artifacts.
@@ -37,7 +37,7 @@ def knn(embeddings: np.ndarray, k: int) -> np.ndarray:
 
 
 def pair_count(ratio: float, num_query_boxes: int) -> int:
-    """Pairs per (query, neighbour): `int(ratio * B)`, at least 1 (PROTOCOLS 2.6).
+    """Pairs per (query, neighbour): `int(ratio * B)`, at least 1 (docs/protocols.md 2.6).
 
     Computed exactly as the official code does, in double precision and truncated, so the counts
     match its files bit for bit, including float quirks (0.29 * 100 = 28.999... -> 28).

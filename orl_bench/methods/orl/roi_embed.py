@@ -1,4 +1,4 @@
-"""RoI embeddings (PROTOCOLS 2.5), computed once per image.
+"""RoI embeddings (docs/protocols.md 2.5), computed once per image.
 
 The official code crops and embeds every neighbour's boxes again for every query that lists it
 (~11 x 100 crops per image); an image's RoI embeddings do not depend on the query, so stage 2

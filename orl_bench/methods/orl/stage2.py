@@ -1,4 +1,4 @@
-"""ORL stage 2 end to end (PROTOCOLS 2): stage-1 network -> image kNN -> boxes -> RoI pairs.
+"""ORL stage 2 end to end (docs/protocols.md 2): stage-1 network -> image kNN -> boxes -> RoI pairs.
 
 Every step writes its own file under the output folder and is skipped when that file exists, so
 a killed run resumes; the two per-image steps (selective search, RoI embeddings) also resume per
@@ -56,7 +56,7 @@ from orl_bench.registry import METHODS
 
 ARTIFACT = "correspondences.npz"
 OFFICIAL_PREFIX = "official:"
-# Our parameter names -> the official info keys (PROTOCOLS 2.7); the others keep our names.
+# Our parameter names -> the official info keys (docs/protocols.md 2.7); the others keep our names.
 OFFICIAL_NAMES = {"min_size": "bbox_min_size", "max_aspect_ratio": "bbox_max_aspect_ratio",
                   "nms_iou": "bbox_max_iou", "max_boxes": "intra_bbox_num",
                   "knn_k": "knn_image_num", "pair_ratio": "knn_bbox_pair_ratio"}
@@ -65,7 +65,7 @@ _ROI_CACHE_IMAGES = 4096  # RoI files held in memory during pair retrieval (~3 G
 
 @dataclass(frozen=True)
 class Stage2Params:
-    """PROTOCOLS 2 defaults. `reference_short_side` > 0 scales `min_size` per image by
+    """docs/protocols.md 2 defaults. `reference_short_side` > 0 scales `min_size` per image by
     short side / reference (the embedded 128 px scenes vs COCO's ~480); 0 keeps pixels as given.
     `box_source` is "selective_search", "gt" (Table 5d) or "official:<path>" (the authors'
     proposals file). `workers` are CPU processes for selective search and image decoding."""
