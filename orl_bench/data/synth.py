@@ -61,6 +61,7 @@ class SynthSpec:
     backdrop: float = SceneStyle.backdrop
     blotches: float = SceneStyle.blotches
     rotation: float = SceneStyle.rotation
+    appearance: float = SceneStyle.appearance
 
     def __post_init__(self) -> None:
         category_table(self.num_categories)  # validates the range
@@ -77,7 +78,7 @@ class SynthSpec:
 
     def style(self) -> SceneStyle:
         return SceneStyle(tuple(self.object_size), tuple(self.saturation), self.grating, tuple(self.clutter),
-                          self.backdrop, self.blotches, self.rotation)
+                          self.backdrop, self.blotches, self.rotation, self.appearance)
 
     def digest(self) -> str:
         payload = json.dumps({"generator": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)

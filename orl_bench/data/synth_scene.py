@@ -27,6 +27,7 @@ DIFFICULT_VISIBLE_FRACTION = 0.35  # difficult if less of its own mask than this
 DIFFICULT_MIN_SIDE = 0.08  # ... or if the visible box's shorter side is below this x short side
 _PLACEMENT_TRIES = 20
 _SUBPIXEL = 4  # fractional bits for cv2.fillPoly
+_PERIOD_SHARE = (0.35, 0.6)  # texture period / object radius
 Poly = np.ndarray  # (k, 2) float, unit-disc coordinates
 
 
@@ -206,16 +207,20 @@ class SceneStyle:
     backdrop: float = 0.15  # colour range of the background gradient around mid-grey (1 = full)
     blotches: float = 1.0  # gain on the background's low-frequency colour blotches (0 = none)
     rotation: float = 1.0  # share of a full turn that poses and texture orientations span (0 = upright)
+    # how far an instance's grey levels and texture period stray from its category's own (1 = fully
+    # per instance, 0 = every instance of a category shares them, as many real categories share a look)
+    appearance: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 < self.object_size[0] <= self.object_size[1] <= 1:
             raise ValueError(f"object_size must satisfy 0 < lo <= hi <= 1 (diameter / short side), got {self.object_size}")
         if not 0 <= self.saturation[0] <= self.saturation[1] <= 1 or self.grating < 0 or \
                 not 0 <= self.clutter[0] <= self.clutter[1] or not 0 <= self.backdrop <= 1 or self.blotches < 0 \
-                or not 0 <= self.rotation <= 1:
+                or not 0 <= self.rotation <= 1 or not 0 <= self.appearance <= 1:
             raise ValueError(f"need 0 <= saturation lo <= hi <= 1, grating >= 0, 0 <= clutter lo <= hi, "
-                             f"0 <= backdrop <= 1, blotches >= 0 and 0 <= rotation <= 1; got {self.saturation}, "
-                             f"{self.grating}, {self.clutter}, {self.backdrop}, {self.blotches}, {self.rotation}")
+                             f"0 <= backdrop <= 1, blotches >= 0, 0 <= rotation <= 1 and 0 <= appearance <= 1; "
+                             f"got {self.saturation}, {self.grating}, {self.clutter}, {self.backdrop}, "
+                             f"{self.blotches}, {self.rotation}, {self.appearance}")
 
 
 # --- instances ---
@@ -302,17 +307,45 @@ def _colour(rng, value: float, saturation: tuple[float, float]) -> np.ndarray:
     return np.array(rgb, np.float32) * 255
 
 
-def _colour_pair(rng, saturation: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Two random colours whose brightness differs enough for the texture to survive grayscale."""
-    v1 = rng.uniform(0.25, 1.0)
-    v2 = rng.uniform(0.1, v1 - 0.35) if v1 >= 0.6 else rng.uniform(v1 + 0.35, 1.0)
+def _values(rng) -> tuple[float, float]:
+    """Base and ink brightness, at least 0.35 apart so the texture survives grayscale."""
+    v1 = _u(rng, 0.25, 1.0)
+    return v1, (_u(rng, 0.1, v1 - 0.35) if v1 >= 0.6 else _u(rng, v1 + 0.35, 1.0))
+
+
+@dataclass(frozen=True)
+class CategoryLook:
+    """A category's own grey levels and texture period (a share of the object's radius)."""
+    values: tuple[float, float]
+    period_share: float
+
+    @classmethod
+    def of(cls, category: int) -> "CategoryLook":
+        rng = np.random.default_rng([0x5CE7E, category])  # fixed per category, whatever the scene seed
+        return cls(_values(rng), _u(rng, *_PERIOD_SHARE))
+
+
+def _toward(instance: float, category: float, appearance: float) -> float:
+    return instance if appearance == 1 else category + (instance - category) * appearance
+
+
+def _colour_pair(rng, saturation: tuple[float, float], look: CategoryLook,
+                 appearance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two colours: the instance's brightness pair pulled toward its category's by `appearance`
+    (ordered like the category's, so the 0.35 gap survives the blend); hue per instance."""
+    v1, v2 = _values(rng)
+    if appearance < 1 and (v1 > v2) != (look.values[0] > look.values[1]):
+        v1, v2 = v2, v1
+    v1, v2 = (_toward(v, c, appearance) for v, c in zip((v1, v2), look.values))
     return _colour(rng, v1, saturation), _colour(rng, v2, saturation)
 
 
-def _texture(rng, texture: str, x: np.ndarray, y: np.ndarray, radius: float, rotation: float) -> np.ndarray:
-    """Boolean pattern on the grid (x, y) (object-centred pixels) with a random period,
-    orientation and phase."""
-    period = max(3.5, radius * _u(rng, 0.35, 0.6))
+def _texture(rng, texture: str, x: np.ndarray, y: np.ndarray, radius: float, style: SceneStyle,
+             look: CategoryLook) -> np.ndarray:
+    """Boolean pattern on the grid (x, y) (object-centred pixels) with a random period (pulled
+    toward the category's by `style.appearance`), orientation and phase."""
+    period = max(3.5, radius * _toward(_u(rng, *_PERIOD_SHARE), look.period_share, style.appearance))
+    rotation = style.rotation
     phi = _angle(rng, rotation)
     c, s = np.cos(phi) / period, np.sin(phi) / period
     u = x * c + y * s + _u(rng)
@@ -351,8 +384,9 @@ def _paint(rng, canvas: np.ndarray, obj: SceneObject, style: SceneStyle) -> None
     x0, x1 = max(0, int(cx - r)), min(w, int(cx + r) + 2)
     x = np.arange(x0, x1, dtype=np.float32)[None, :] - cx
     y = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
-    pattern = _texture(rng, obj.texture, x, y, r, style.rotation)
-    base, ink = _colour_pair(rng, style.saturation)
+    look = CategoryLook.of(obj.category)
+    pattern = _texture(rng, obj.texture, x, y, r, style, look)
+    base, ink = _colour_pair(rng, style.saturation, look, style.appearance)
     light = _u(rng, 0, 2 * np.pi)  # a soft directional shading, as on a lit object
     gain = _u(rng, 0, 0.25) / r
     shade = 1 + x * (gain * np.cos(light)) + y * (gain * np.sin(light))

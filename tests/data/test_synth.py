@@ -52,6 +52,9 @@ def test_digest_is_stable_and_sensitive():
     with pytest.raises(ValueError, match="blotches >= 0"):
         SynthSpec(blotches=-1.0)
     assert SynthSpec(rotation=0.1).digest() != SynthSpec().digest()
+    assert SynthSpec(appearance=0.0).digest() != SynthSpec().digest()
+    with pytest.raises(ValueError, match="0 <= appearance <= 1"):
+        SynthSpec(appearance=-0.5)
     with pytest.raises(ValueError, match="0 <= rotation <= 1"):
         SynthSpec(rotation=1.5)
 
@@ -220,3 +223,14 @@ def test_rotation_narrows_poses_around_one_angle_and_keeps_the_draw():
     assert all(abs(a - np.pi) <= 0.1 * np.pi for a in narrow)
     # the same draw, narrowed: scenes keep every other property when only the pose range changes
     assert np.allclose(np.array(narrow) - np.pi, (np.array(full) - np.pi) * 0.1)
+
+
+def test_appearance_zero_gives_every_instance_its_category_look():
+    from orl_bench.data.synth_scene import CategoryLook, _colour_pair
+    look = CategoryLook.of(3)
+    assert look == CategoryLook.of(3) != CategoryLook.of(4)  # fixed per category
+    for seed in range(20):
+        base, ink = _colour_pair(np.random.default_rng(seed), (0.0, 0.0), look, 0.0)  # grey: value = level
+        assert np.allclose([base[0] / 255, ink[0] / 255], look.values, atol=1e-6)
+        half = _colour_pair(np.random.default_rng(seed), (0.0, 0.0), look, 0.5)
+        assert abs(half[0][0] - half[1][0]) / 255 >= 0.35 - 1e-6  # the texture's contrast survives a blend
