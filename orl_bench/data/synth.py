@@ -61,7 +61,8 @@ class SynthSpec:
     backdrop: float = SceneStyle.backdrop
     blotches: float = SceneStyle.blotches
     rotation: float = SceneStyle.rotation
-    appearance: float = SceneStyle.appearance
+    grey_spread: float = SceneStyle.grey_spread
+    period_spread: float = SceneStyle.period_spread
 
     def __post_init__(self) -> None:
         category_table(self.num_categories)  # validates the range
@@ -78,7 +79,8 @@ class SynthSpec:
 
     def style(self) -> SceneStyle:
         return SceneStyle(tuple(self.object_size), tuple(self.saturation), self.grating, tuple(self.clutter),
-                          self.backdrop, self.blotches, self.rotation, self.appearance)
+                          self.backdrop, self.blotches, self.rotation, self.grey_spread,
+                          self.period_spread)
 
     def digest(self) -> str:
         payload = json.dumps({"generator": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)

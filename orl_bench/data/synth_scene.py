@@ -66,20 +66,23 @@ class SceneStyle:
     backdrop: float = 0.15  # colour range of the background gradient around mid-grey (1 = full)
     blotches: float = 1.0  # gain on the background's low-frequency colour blotches (0 = none)
     rotation: float = 1.0  # share of a full turn that poses and texture orientations span (0 = upright)
-    # how far an instance's grey levels and texture period stray from its category's own (1 = fully
-    # per instance, 0 = every instance of a category shares them, as many real categories share a look)
-    appearance: float = 1.0
+    # how far an instance's grey levels (grey_spread) and texture period (period_spread) stray from its
+    # category's own: 1 = drawn per instance, 0 = every instance of a category shares them, as many
+    # real categories share a look. Separate, because colour jitter removes grey levels from what two
+    # views agree on but no augmentation removes a texture's period.
+    grey_spread: float = 1.0
+    period_spread: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 < self.object_size[0] <= self.object_size[1] <= 1:
             raise ValueError(f"object_size must satisfy 0 < lo <= hi <= 1 (diameter / short side), got {self.object_size}")
         if not 0 <= self.saturation[0] <= self.saturation[1] <= 1 or self.grating < 0 or \
                 not 0 <= self.clutter[0] <= self.clutter[1] or not 0 <= self.backdrop <= 1 or self.blotches < 0 \
-                or not 0 <= self.rotation <= 1 or not 0 <= self.appearance <= 1:
+                or not 0 <= self.rotation <= 1 or not 0 <= self.grey_spread <= 1 or not 0 <= self.period_spread <= 1:
             raise ValueError(f"need 0 <= saturation lo <= hi <= 1, grating >= 0, 0 <= clutter lo <= hi, "
-                             f"0 <= backdrop <= 1, blotches >= 0, 0 <= rotation <= 1 and 0 <= appearance <= 1; "
-                             f"got {self.saturation}, {self.grating}, {self.clutter}, {self.backdrop}, "
-                             f"{self.blotches}, {self.rotation}, {self.appearance}")
+                             f"0 <= backdrop <= 1, blotches >= 0, 0 <= rotation <= 1, 0 <= grey_spread <= 1 and "
+                             f"0 <= period_spread <= 1; got {self.saturation}, {self.grating}, {self.clutter}, "
+                             f"{self.backdrop}, {self.blotches}, {self.rotation}, {self.grey_spread}, {self.period_spread}")
 
 
 # --- instances ---
@@ -185,26 +188,31 @@ class CategoryLook:
         return cls(_values(rng), _u(rng, *_PERIOD_SHARE))
 
 
-def _toward(instance: float, category: float, appearance: float) -> float:
-    return instance if appearance == 1 else category + (instance - category) * appearance
+def _toward(instance: float, category: float, spread: float) -> float:
+    return instance if spread == 1 else category + (instance - category) * spread
 
 
 def _colour_pair(rng, saturation: tuple[float, float], look: CategoryLook,
-                 appearance: float) -> tuple[np.ndarray, np.ndarray]:
-    """Two colours: the instance's brightness pair pulled toward its category's by `appearance`
+                 grey_spread: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two colours: the instance's brightness pair pulled toward its category's by `grey_spread`
     (ordered like the category's, so the 0.35 gap survives the blend); hue per instance."""
     v1, v2 = _values(rng)
-    if appearance < 1 and (v1 > v2) != (look.values[0] > look.values[1]):
+    if grey_spread < 1 and (v1 > v2) != (look.values[0] > look.values[1]):
         v1, v2 = v2, v1
-    v1, v2 = (_toward(v, c, appearance) for v, c in zip((v1, v2), look.values))
+    v1, v2 = (_toward(v, c, grey_spread) for v, c in zip((v1, v2), look.values))
     return _colour(rng, v1, saturation), _colour(rng, v2, saturation)
+
+
+def _period(rng, radius: float, look: CategoryLook, period_spread: float) -> float:
+    """Texture period in pixels: the instance's share of its radius pulled toward the category's."""
+    return max(3.5, radius * _toward(_u(rng, *_PERIOD_SHARE), look.period_share, period_spread))
 
 
 def _texture(rng, texture: str, x: np.ndarray, y: np.ndarray, radius: float, style: SceneStyle,
              look: CategoryLook) -> np.ndarray:
     """Boolean pattern on the grid (x, y) (object-centred pixels) with a random period (pulled
-    toward the category's by `style.appearance`), orientation and phase."""
-    period = max(3.5, radius * _toward(_u(rng, *_PERIOD_SHARE), look.period_share, style.appearance))
+    toward the category's by `style.period_spread`), orientation and phase."""
+    period = _period(rng, radius, look, style.period_spread)
     rotation = style.rotation
     phi = _angle(rng, rotation)
     c, s = np.cos(phi) / period, np.sin(phi) / period
@@ -246,7 +254,7 @@ def _paint(rng, canvas: np.ndarray, obj: SceneObject, style: SceneStyle) -> None
     y = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
     look = CategoryLook.of(obj.category)
     pattern = _texture(rng, obj.texture, x, y, r, style, look)
-    base, ink = _colour_pair(rng, style.saturation, look, style.appearance)
+    base, ink = _colour_pair(rng, style.saturation, look, style.grey_spread)
     light = _u(rng, 0, 2 * np.pi)  # a soft directional shading, as on a lit object
     gain = _u(rng, 0, 0.25) / r
     shade = 1 + x * (gain * np.cos(light)) + y * (gain * np.sin(light))

@@ -52,9 +52,11 @@ def test_digest_is_stable_and_sensitive():
     with pytest.raises(ValueError, match="blotches >= 0"):
         SynthSpec(blotches=-1.0)
     assert SynthSpec(rotation=0.1).digest() != SynthSpec().digest()
-    assert SynthSpec(appearance=0.0).digest() != SynthSpec().digest()
-    with pytest.raises(ValueError, match="0 <= appearance <= 1"):
-        SynthSpec(appearance=-0.5)
+    assert SynthSpec(grey_spread=0.0).digest() != SynthSpec().digest() != SynthSpec(period_spread=0.0).digest()
+    with pytest.raises(ValueError, match="0 <= grey_spread <= 1"):
+        SynthSpec(grey_spread=-0.5)
+    with pytest.raises(ValueError, match="0 <= period_spread <= 1"):
+        SynthSpec(period_spread=1.5)
     with pytest.raises(ValueError, match="0 <= rotation <= 1"):
         SynthSpec(rotation=1.5)
 
@@ -225,7 +227,15 @@ def test_rotation_narrows_poses_around_one_angle_and_keeps_the_draw():
     assert np.allclose(np.array(narrow) - np.pi, (np.array(full) - np.pi) * 0.1)
 
 
-def test_appearance_zero_gives_every_instance_its_category_look():
+def test_zero_period_spread_gives_every_instance_its_category_period():
+    from orl_bench.data.synth_scene import CategoryLook, _period
+    look = CategoryLook.of(5)
+    shared = {_period(np.random.default_rng(seed), 20.0, look, 0.0) for seed in range(10)}
+    assert shared == {20.0 * look.period_share}
+    assert len({_period(np.random.default_rng(seed), 20.0, look, 1.0) for seed in range(10)}) == 10
+
+
+def test_zero_grey_spread_gives_every_instance_its_category_grey_levels():
     from orl_bench.data.synth_scene import CategoryLook, _colour_pair
     look = CategoryLook.of(3)
     assert look == CategoryLook.of(3) != CategoryLook.of(4)  # fixed per category
