@@ -50,13 +50,21 @@ def overrides_of(variant: dict) -> list[str]:
     return out
 
 
-def run_one(args: argparse.Namespace, name: str, variant: dict, method: str, seed: int, log_dir: Path) -> float:
+def run_stem(args: argparse.Namespace, name: str, method: str, seed: int) -> Path:
+    """Where one run's log and records go: under the workdir, per --out, so searches sharing a workdir
+    keep theirs apart."""
+    return Path(args.workdir) / "runs" / Path(args.out).name / f"{name}-{method}-{seed}"
+
+
+def run_one(args: argparse.Namespace, name: str, variant: dict, method: str, seed: int) -> float:
+    stem = run_stem(args, name, method, seed)
     cmd = [sys.executable, "-m", "orl_bench.cli", "run", "--method", method, "--recipe", args.recipe,
-           "--task", "voc07_svm", "--seed", str(seed), "--workdir", str(Path(args.workdir) / name)]
+           "--task", "voc07_svm", "--seed", str(seed), "--workdir", str(Path(args.workdir) / name),
+           "--records-out", f"{stem}.jsonl"]
     for o in overrides_of(variant) + args.extra:
         cmd += ["--set", o]
     t0 = time.perf_counter()
-    log = log_dir / f"{name}-{method}-{seed}.log"
+    log = Path(f"{stem}.log")
     with open(log, "w") as f:
         rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
     if rc:
@@ -92,19 +100,20 @@ def main() -> None:
     unknown = sorted(set(names) - set(variants))
     if unknown:
         sys.exit(f"unknown variants {unknown}; {args.variants} defines {sorted(variants)}")
-    log_dir = Path(args.workdir) / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    run_stem(args, "", "", 0).parent.mkdir(parents=True, exist_ok=True)
     jobs = [(n, m, s) for n in names for s in args.seeds for m in args.methods]
 
     def write_table() -> None:  # after every run, so an interrupted search still leaves its table
-        records = {n: [{**r, "range_variant": n} for r in read_jsonl(Path(args.workdir) / n / "results" / "records.jsonl")]
+        # Only this search's runs: a variant's workdir also holds earlier runs under other settings.
+        records = {n: [{**r, "range_variant": n} for m in args.methods for s in args.seeds
+                       if (f := Path(f"{run_stem(args, n, m, s)}.jsonl")).exists() for r in read_jsonl(f)]
                    for n in names}
         atomic_write_text(Path(f"{args.out}.md"), table(args, records))
         atomic_write_text(Path(f"{args.out}.jsonl"),
                           "".join(json.dumps(r, sort_keys=True) + "\n" for rows in records.values() for r in rows))
 
     def run_and_tabulate(job: tuple[str, str, int]) -> None:
-        run_one(args, job[0], variants[job[0]], job[1], job[2], log_dir)
+        run_one(args, job[0], variants[job[0]], job[1], job[2])
         with lock:
             write_table()
 

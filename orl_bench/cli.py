@@ -77,6 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(to_markdown(summarize(records, load_reference())))
     print("timings: " + json.dumps(timings))
     print(f"records {'already stored' if reused else 'appended'} in {records_path(workdir)}")
+    if args.records_out:
+        atomic_write_text(Path(args.records_out), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     return 0
 
 
@@ -228,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="pretraining seed (same as --set train.seed=N); recorded")
     p.add_argument("--task-recipe", help="benchmark recipe (default: the scale of --recipe, e.g. default for "
                                          "default_5a_intra_only), so ablations are evaluated like their baseline")
+    p.add_argument("--records-out", help="also write this run's records (new or already stored) to this JSON-lines "
+                                         "file, so a script that launches runs collects exactly their results; the "
+                                         "store in the workdir holds every run's")
     add_common(p)
     checkpoint_args(p)
     p.set_defaults(fn=cmd_run)

@@ -13,11 +13,17 @@ def test_run_prints_the_map_and_a_second_run_reuses_everything(capsys, workdir):
     assert timings["pretrain_reused"] is False and timings["eval_reused"] is False
     n_records = len(records_path(workdir).read_text().splitlines())
 
-    second = run_main(capsys, *args)
+    own = workdir / "this_run.jsonl"
+    second = run_main(capsys, *args, "--records-out", str(own))
     timings = json.loads(second.split("timings: ")[1].splitlines()[0])
     assert timings["pretrain_reused"] is True and timings["eval_reused"] is True
     assert len(records_path(workdir).read_text().splitlines()) == n_records
     assert first.split("timings")[0] == second.split("timings")[0]  # the same table
+    # --records-out gets the run's records even when they were already stored: the BYOL row and chance
+    stored = [json.loads(line) for line in records_path(workdir).read_text().splitlines()]
+    mine = [json.loads(line) for line in own.read_text().splitlines()]
+    assert {r["method"] for r in mine} == {"byol", "chance"} and all(r in stored for r in mine)
+    assert sum(r["method"] == "byol" for r in mine) == sum(r["method"] == "byol" for r in stored)  # every layer
 
 
 def test_seeds_give_separate_artifacts_and_the_report_aggregates_them(capsys, workdir):

@@ -136,7 +136,7 @@ class UniVIPDataset(ViewsDataset):
                                                      p.view_tries)
         scenes = (self.views[0].render(pixels, g1), self.views[1].render(pixels, g2))
         xywh = [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in instances.tolist()]
-        crops = [torch.stack([self.instance_views[which](crop_resize(pixels, box, p.instance_size)) for box in xywh])
+        crops = [torch.stack([self.instance_views[which](crop_resize(image, box, p.instance_size)) for box in xywh])
                  for which in (1, 2)]
         return (*scenes, *crops, torch.tensor(missing / p.instances))
 

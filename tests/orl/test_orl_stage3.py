@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torchvision.transforms import v2
+from PIL import Image, ImageOps
 
 from orl_bench.config import PretrainConfig, from_dict
 from orl_bench.data.images import read_rgb
@@ -113,11 +113,9 @@ def make_dataset(paths, views=PLAIN, seed=0) -> ORLDataset:
 
 
 def plain_patch(path: Path, box, solarized: bool) -> torch.Tensor:
-    pixels = v2.functional.pil_to_tensor(read_rgb(path))
     x, y, w, h = (int(v) for v in box)
-    patch = v2.functional.resized_crop(pixels, y, x, h, w, [PATCH, PATCH],
-                                       interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
-    return normalize()(v2.functional.solarize(patch, 128) if solarized else patch)
+    patch = read_rgb(path).crop((x, y, x + w, y + h)).resize((PATCH, PATCH), Image.Resampling.BILINEAR)
+    return normalize()(ImageOps.solarize(patch, 128) if solarized else patch)
 
 
 def test_samples_are_deterministic_per_key_and_shaped(images):

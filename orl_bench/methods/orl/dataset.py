@@ -70,15 +70,14 @@ def jitter_box(box: Box, image_wh: tuple[int, int], generator: torch.Generator |
     return tuple(box_convert(candidates[first:first + 1], "xyxy", "xywh")[0].tolist())
 
 
-def crop_resize(pixels: torch.Tensor, box: Box, size: int) -> torch.Tensor:
+def crop_resize(image: Image.Image, box: Box, size: int) -> Image.Image:
     """Crop `box` (rounded to whole pixels, clipped to the image, >= 1 px) and resize it to
-    size x size, bilinear with antialiasing like PIL's resize in the official code."""
-    height, width = pixels.shape[-2:]
+    size x size with PIL's (antialiased) bilinear resize, as the official code does."""
+    width, height = image.size
     x, y, w, h = box
     left, top = min(max(round(x), 0), width - 1), min(max(round(y), 0), height - 1)
     right, bottom = min(max(round(x + w), left + 1), width), min(max(round(y + h), top + 1), height)
-    return v2.functional.resized_crop(pixels, top, left, bottom - top, right - left, [size, size],
-                                      interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+    return image.crop((left, top, right, bottom)).resize((size, size), Image.Resampling.BILINEAR)
 
 
 def _randint(n: int) -> int:
@@ -120,22 +119,21 @@ class ORLDataset(ViewsDataset):
 
     def sample(self, index: int, image: Image.Image) -> tuple[Pair, Pair, Pair]:
         views = (self.global_views[0](image), self.global_views[1](image))
-        pixels = v2.functional.pil_to_tensor(image)
         boxes = self.boxes[index]
         box = tuple(boxes[_randint(len(boxes))].tolist()) if len(boxes) else (0, 0, *image.size)
         intra = (box, jitter_box(box, image.size))
-        other_pixels, inter = self._inter_boxes(index, intra, pixels)
+        other_image, inter = self._inter_boxes(index, intra, image)
         return (views,
-                (self._patch(pixels, intra[0], 1), self._patch(pixels, intra[1], 2)),
-                (self._patch(pixels, inter[0], 1), self._patch(other_pixels, inter[1], 2)))
+                (self._patch(image, intra[0], 1), self._patch(image, intra[1], 2)),
+                (self._patch(image, inter[0], 1), self._patch(other_image, inter[1], 2)))
 
     def _inter_boxes(self, index: int, intra: tuple[Box, Box],
-                     pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[Box, Box]]:
+                     image: Image.Image) -> tuple[Image.Image, tuple[Box, Box]]:
         """A uniform neighbour among those with pairs, then a uniform pair: the neighbour's
-        pixels and the (query box, neighbour box); the intra pair when there is none."""
+        image and the (query box, neighbour box); the intra pair when there is none."""
         usable = self.usable[index]
         if not usable:
-            return pixels, intra
+            return image, intra
         k = usable[_randint(len(usable))]
         pairs = self.pairs[index][k]
         query, other = (int(v) for v in pairs[_randint(len(pairs))])
@@ -143,10 +141,10 @@ class ORLDataset(ViewsDataset):
         try:
             other_image = read_rgb(self.paths[neighbour])
         except UnreadableImageError:
-            return pixels, intra
-        return (v2.functional.pil_to_tensor(other_image),
+            return image, intra
+        return (other_image,
                 (tuple(self.boxes[index][query].tolist()), tuple(self.boxes[neighbour][other].tolist())))
 
-    def _patch(self, pixels: torch.Tensor, box: Box, which: int) -> torch.Tensor:
+    def _patch(self, image: Image.Image, box: Box, which: int) -> torch.Tensor:
         """Crop-and-resize, then the photometric chain with view `which` (1 or 2) probabilities."""
-        return self.patch_views[which](crop_resize(pixels, box, self.patch_size))
+        return self.patch_views[which](crop_resize(image, box, self.patch_size))
