@@ -23,11 +23,10 @@ import yaml
 from orl_bench import pipeline
 from orl_bench.data.coco import CocoDataset
 from orl_bench.data.sources import pretrain_images
-from orl_bench.io import atomic_write_json
 from orl_bench.methods.orl.boxes import filter_boxes
 from orl_bench.methods.orl.pair_quality import NO_OBJECT, box_labels
 from orl_bench.methods.orl.proposals import selective_search
-from orl_bench.provenance import git_revision
+from orl_bench.provenance import save_benchmark_record
 from orl_bench.registry import METHODS
 
 
@@ -78,8 +77,7 @@ def main() -> None:
                      if k.startswith("data.")]
         rows.append(measure(name, overrides, args.recipe, args.images, args.workers))
         print(rows[-1], flush=True)
-    atomic_write_json(Path(args.out), {"benchmark": "proposal_quality", "recipe": args.recipe, "runs": rows,
-                                       "git_revision": git_revision(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    save_benchmark_record(Path(args.out), {"benchmark": "proposal_quality", "recipe": args.recipe, "runs": rows})
 
 
 if __name__ == "__main__":

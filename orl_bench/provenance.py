@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import functools
+import json
 import platform
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from orl_bench.io import atomic_write_json
 
 
 @functools.lru_cache(maxsize=1)
@@ -27,3 +32,12 @@ def device_name(device: torch.device | None = None) -> str:
     if device is not None and device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu: {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def save_benchmark_record(path: Path, record: dict[str, Any], device: torch.device | None = None) -> dict[str, Any]:
+    """Stamp a benchmark's result with the device, revision and time, write it atomically, print it."""
+    record = {**record, "device": device_name(device), "git_revision": git_revision(),
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_json(Path(path), record)
+    print(json.dumps(record, indent=2))
+    return record

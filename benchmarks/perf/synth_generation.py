@@ -6,8 +6,6 @@ size, JPEG encoding and annotations included). Writes a JSON record with the dev
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import resource
 import shutil
 import tempfile
@@ -16,8 +14,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from orl_bench.data.synth import SynthSpec, ensure_synth
-from orl_bench.io import atomic_write_json
-from orl_bench.provenance import git_revision
+from orl_bench.provenance import save_benchmark_record
 
 
 def cpu_seconds() -> float:
@@ -50,11 +47,8 @@ def main() -> None:
         n = args.images
         spec = replace(spec, coco_train=int(0.4 * n), coco_val=int(0.1 * n), voc_trainval=n // 4, voc_test=n // 4)
     runs = [measure(spec, w) for w in args.workers]
-    record = {"benchmark": "synth_generation", "spec": asdict(spec), "runs": runs, "target_images_per_core_s": 200,
-              "device": f"cpu: {platform.processor() or platform.machine()}", "git_revision": git_revision(),
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write_json(Path(args.out), record)
-    print(json.dumps(record, indent=2))
+    save_benchmark_record(Path(args.out), {"benchmark": "synth_generation", "spec": asdict(spec), "runs": runs,
+                                           "target_images_per_core_s": 200})
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ is 2 views + 4 patches), so this is where its time goes. Writes a JSON record wi
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
@@ -19,8 +17,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from orl_bench.data.views import ViewParams, normalize, photometric
-from orl_bench.io import atomic_write_json
-from orl_bench.provenance import git_revision
+from orl_bench.provenance import save_benchmark_record
 
 
 def per_call_ms(fn, inputs: list, repeats: int) -> float:
@@ -53,11 +50,7 @@ def main() -> None:
         rows.append({"size": size, "pil_ms": round(pil_ms, 3), "tensor_ms": round(tensor_ms, 3),
                      "tensor_over_pil": round(tensor_ms / pil_ms, 2)})
         print(rows[-1], flush=True)
-    record = {"benchmark": "view_ops", "threads": 1, "runs": rows,
-              "device": f"cpu: {platform.processor() or platform.machine()}", "git_revision": git_revision(),
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write_json(Path(args.out), record)
-    print(json.dumps(record, indent=2))
+    save_benchmark_record(Path(args.out), {"benchmark": "view_ops", "threads": 1, "runs": rows})
 
 
 if __name__ == "__main__":
