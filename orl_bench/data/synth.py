@@ -63,6 +63,7 @@ class SynthSpec:
     rotation: float = SceneStyle.rotation
     grey_spread: float = SceneStyle.grey_spread
     period_spread: float = SceneStyle.period_spread
+    texture_contrast: float = SceneStyle.texture_contrast
 
     def __post_init__(self) -> None:
         category_table(self.num_categories)  # validates the range
@@ -80,7 +81,7 @@ class SynthSpec:
     def style(self) -> SceneStyle:
         return SceneStyle(tuple(self.object_size), tuple(self.saturation), self.grating, tuple(self.clutter),
                           self.backdrop, self.blotches, self.rotation, self.grey_spread,
-                          self.period_spread)
+                          self.period_spread, self.texture_contrast)
 
     def digest(self) -> str:
         payload = json.dumps({"generator": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)

@@ -72,17 +72,23 @@ class SceneStyle:
     # views agree on but no augmentation removes a texture's period.
     grey_spread: float = 1.0
     period_spread: float = 1.0
+    # gain on the brightness gap between a texture's two tones (1 = at least 0.35 apart). Lower
+    # keeps the pattern for a network but lets selective search, which groups by colour, see
+    # one region per object instead of one per stripe (benchmarks/proposal_quality.py)
+    texture_contrast: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 < self.object_size[0] <= self.object_size[1] <= 1:
             raise ValueError(f"object_size must satisfy 0 < lo <= hi <= 1 (diameter / short side), got {self.object_size}")
         if not 0 <= self.saturation[0] <= self.saturation[1] <= 1 or self.grating < 0 or \
                 not 0 <= self.clutter[0] <= self.clutter[1] or not 0 <= self.backdrop <= 1 or self.blotches < 0 \
-                or not 0 <= self.rotation <= 1 or not 0 <= self.grey_spread <= 1 or not 0 <= self.period_spread <= 1:
+                or not 0 <= self.rotation <= 1 or not 0 <= self.grey_spread <= 1 or not 0 <= self.period_spread <= 1 \
+                or not 0 < self.texture_contrast <= 1:
             raise ValueError(f"need 0 <= saturation lo <= hi <= 1, grating >= 0, 0 <= clutter lo <= hi, "
-                             f"0 <= backdrop <= 1, blotches >= 0, 0 <= rotation <= 1, 0 <= grey_spread <= 1 and "
-                             f"0 <= period_spread <= 1; got {self.saturation}, {self.grating}, {self.clutter}, "
-                             f"{self.backdrop}, {self.blotches}, {self.rotation}, {self.grey_spread}, {self.period_spread}")
+                             f"0 <= backdrop <= 1, blotches >= 0, 0 <= rotation <= 1, 0 <= grey_spread <= 1, "
+                             f"0 <= period_spread <= 1 and 0 < texture_contrast <= 1; got {self.saturation}, "
+                             f"{self.grating}, {self.clutter}, {self.backdrop}, {self.blotches}, {self.rotation}, "
+                             f"{self.grey_spread}, {self.period_spread}, {self.texture_contrast}")
 
 
 # --- instances ---
@@ -193,13 +199,15 @@ def _toward(instance: float, category: float, spread: float) -> float:
 
 
 def _colour_pair(rng, saturation: tuple[float, float], look: CategoryLook,
-                 grey_spread: float) -> tuple[np.ndarray, np.ndarray]:
+                 grey_spread: float, contrast: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Two colours: the instance's brightness pair pulled toward its category's by `grey_spread`
-    (ordered like the category's, so the 0.35 gap survives the blend); hue per instance."""
+    (ordered like the category's, so the 0.35 gap survives the blend), the ink then moved toward
+    the base until the gap is `contrast` of itself; hue per instance."""
     v1, v2 = _values(rng)
     if grey_spread < 1 and (v1 > v2) != (look.values[0] > look.values[1]):
         v1, v2 = v2, v1
     v1, v2 = (_toward(v, c, grey_spread) for v, c in zip((v1, v2), look.values))
+    v2 = _toward(v2, v1, contrast)
     return _colour(rng, v1, saturation), _colour(rng, v2, saturation)
 
 
@@ -254,7 +262,7 @@ def _paint(rng, canvas: np.ndarray, obj: SceneObject, style: SceneStyle) -> None
     y = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
     look = CategoryLook.of(obj.category)
     pattern = _texture(rng, obj.texture, x, y, r, style, look)
-    base, ink = _colour_pair(rng, style.saturation, look, style.grey_spread)
+    base, ink = _colour_pair(rng, style.saturation, look, style.grey_spread, style.texture_contrast)
     light = _u(rng, 0, 2 * np.pi)  # a soft directional shading, as on a lit object
     gain = _u(rng, 0, 0.25) / r
     shade = 1 + x * (gain * np.cos(light)) + y * (gain * np.sin(light))

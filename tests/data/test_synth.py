@@ -57,6 +57,9 @@ def test_digest_is_stable_and_sensitive():
         SynthSpec(grey_spread=-0.5)
     with pytest.raises(ValueError, match="0 <= period_spread <= 1"):
         SynthSpec(period_spread=1.5)
+    assert SynthSpec(texture_contrast=0.5).digest() != SynthSpec().digest()
+    with pytest.raises(ValueError, match="0 < texture_contrast <= 1"):
+        SynthSpec(texture_contrast=0.0)
     with pytest.raises(ValueError, match="0 <= rotation <= 1"):
         SynthSpec(rotation=1.5)
 
@@ -244,3 +247,5 @@ def test_zero_grey_spread_gives_every_instance_its_category_grey_levels():
         assert np.allclose([base[0] / 255, ink[0] / 255], look.values, atol=1e-6)
         half = _colour_pair(np.random.default_rng(seed), (0.0, 0.0), look, 0.5)
         assert abs(half[0][0] - half[1][0]) / 255 >= 0.35 - 1e-6  # the texture's contrast survives a blend
+        low = _colour_pair(np.random.default_rng(seed), (0.0, 0.0), look, 0.0, 0.25)
+        assert low[0][0] == base[0] and np.isclose(low[1][0] - low[0][0], 0.25 * (ink[0] - base[0]), atol=1e-3)
