@@ -23,7 +23,7 @@ import yaml
 from orl_bench import pipeline
 from orl_bench.data.coco import CocoDataset
 from orl_bench.data.sources import pretrain_images
-from orl_bench.methods.orl.boxes import filter_boxes
+from orl_bench.methods.orl.boxes import filter_boxes, xywh_to_xyxy
 from orl_bench.methods.orl.pair_quality import NO_OBJECT, box_labels
 from orl_bench.methods.orl.proposals import selective_search
 from orl_bench.provenance import save_benchmark_record
@@ -32,6 +32,29 @@ from orl_bench.registry import METHODS
 
 def proposals_of(path: Path) -> np.ndarray:
     return selective_search(cv2.imread(str(path), cv2.IMREAD_COLOR))
+
+
+MISSES = ("part", "group", "background", "other")
+
+
+def miss_kind(box: np.ndarray, gt: np.ndarray) -> str:
+    """Why a kept xyxy box is not on an object: it lies within one object (`part`: >= 80% of it
+    inside that object's box), holds two or more objects' centres (`group`), overlaps objects for
+    under 20% of its area (`background`), or none of these (`other`: straddles an object's edge)."""
+    if len(gt) == 0:
+        return "background"
+    inter_w = np.clip(np.minimum(box[2], gt[:, 2]) - np.maximum(box[0], gt[:, 0]), 0, None)
+    inter_h = np.clip(np.minimum(box[3], gt[:, 3]) - np.maximum(box[1], gt[:, 1]), 0, None)
+    inside = inter_w * inter_h / max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
+    centres = (gt[:, :2] + gt[:, 2:]) / 2
+    held = ((centres >= box[:2]) & (centres <= box[2:])).all(axis=1).sum()
+    if inside.max() >= 0.8:
+        return "part"
+    if held >= 2:
+        return "group"
+    if inside.sum() < 0.2:
+        return "background"
+    return "other"
 
 
 def measure(name: str, overrides: list[str], recipe: str, n_images: int, workers: int) -> dict:
@@ -49,16 +72,22 @@ def measure(name: str, overrides: list[str], recipe: str, n_images: int, workers
             raw = list(pool.map(proposals_of, images.paths, chunksize=8))
         seconds = time.perf_counter() - t0
         kept, on_object, covered, objects = 0, 0, 0, 0
+        misses = dict.fromkeys(MISSES, 0)
         for i, image in enumerate(coco.images):
             keep = filter_boxes(raw[i], params.filter_for(image.width, image.height)).astype(np.float64)
             gt = coco.boxes(i)
-            on_object += int((box_labels(keep, gt, coco.category_ids(i)) != NO_OBJECT).sum())
+            off = box_labels(keep, gt, coco.category_ids(i)) == NO_OBJECT
+            on_object += int((~off).sum())
+            for box in keep[off]:
+                misses[miss_kind(xywh_to_xyxy(box)[0], xywh_to_xyxy(gt))] += 1
             # an object is covered when some kept box overlaps it with IoU >= 0.5
             covered += int((box_labels(gt, keep, np.arange(len(keep))) != NO_OBJECT).sum())
             kept, objects = kept + len(keep), objects + len(gt)
     return {"variant": name, "images": n, "raw_boxes_per_image": round(sum(map(len, raw)) / n, 1),
             "kept_boxes_per_image": round(kept / n, 1), "kept_on_objects": round(on_object / max(kept, 1), 4),
-            "objects_covered": round(covered / max(objects, 1), 4), "selective_search_s_per_image": round(seconds * workers / n, 4)}
+            "objects_covered": round(covered / max(objects, 1), 4),
+            "kept_off_objects": {k: round(v / max(kept, 1), 4) for k, v in misses.items()},
+            "selective_search_s_per_image": round(seconds * workers / n, 4)}
 
 
 def main() -> None:
@@ -76,8 +105,8 @@ def main() -> None:
         overrides = [f"{k}={json.dumps(v)}" for k, v in (variants[name].get("overrides") or {}).items()
                      if k.startswith("data.")]
         rows.append(measure(name, overrides, args.recipe, args.images, args.workers))
-        print(rows[-1], flush=True)
-    save_benchmark_record(Path(args.out), {"benchmark": "proposal_quality", "recipe": args.recipe, "runs": rows})
+        # after every variant, so an interrupted screen keeps what it measured
+        save_benchmark_record(Path(args.out), {"benchmark": "proposal_quality", "recipe": args.recipe, "runs": rows})
 
 
 if __name__ == "__main__":
