@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -100,8 +101,13 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     variants = yaml.safe_load(Path(args.variants).read_text())
+    names = args.only or list(variants)
+    if unknown := sorted(set(names) - set(variants)):
+        sys.exit(f"unknown variants {unknown}; {args.variants} defines {sorted(variants)}")
+    if args.images < 1 or args.workers < 1:
+        sys.exit(f"--images and --workers must be >= 1, got {args.images} and {args.workers}")
     rows = []
-    for name in args.only or list(variants):
+    for name in names:
         overrides = [f"{k}={json.dumps(v)}" for k, v in (variants[name].get("overrides") or {}).items()
                      if k.startswith("data.")]
         rows.append(measure(name, overrides, args.recipe, args.images, args.workers))

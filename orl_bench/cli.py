@@ -55,6 +55,9 @@ def seed_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.records_out and Path(args.records_out).is_dir():  # checked before hours of training, not after
+        raise ConfigError(f"--records-out {args.records_out} is a directory; expected a file path for the "
+                          "run's records (JSON lines)")
     workdir, info = workdir_of(args), init_distributed()
     pre_over, task_over = pipeline.split_overrides(seed_overrides(args))
     task_cfg = pipeline.load_task_config(args.task, args.task_recipe or pipeline.benchmark_recipe(args.recipe),

@@ -56,6 +56,13 @@ def test_unknown_method_and_task_list_the_valid_names(capsys, workdir):
     assert code == 2 and "voc07_svm" in err
 
 
+def test_records_out_naming_a_directory_fails_before_any_work(capsys, workdir):
+    code, _, err = cli(capsys, "run", "--method", "byol", "--recipe", "tiny", "--workdir", str(workdir),
+                       "--records-out", str(workdir))
+    assert code != 0 and "--records-out" in err and "is a directory; expected a file path" in err
+    assert not (workdir / "artifacts").exists() and not records_path(workdir).exists()
+
+
 def test_unknown_config_key_names_the_closest(capsys, workdir):
     code, _, err = cli(capsys, "pretrain", "--method", "byol", "--recipe", "tiny", "--workdir", str(workdir),
                        "--set", "optim.lrr=1")
