@@ -51,8 +51,8 @@ def test_digest_is_stable_and_sensitive():
     assert SynthSpec(blotches=0.0).digest() != SynthSpec().digest()
     with pytest.raises(ValueError, match="blotches >= 0"):
         SynthSpec(blotches=-1.0)
-    assert SynthSpec(rotation=0.1).digest() != SynthSpec().digest()
-    assert SynthSpec(grey_spread=0.0).digest() != SynthSpec().digest() != SynthSpec(period_spread=0.0).digest()
+    assert SynthSpec(rotation=1.0).digest() != SynthSpec().digest()
+    assert SynthSpec(grey_spread=1.0).digest() != SynthSpec().digest() != SynthSpec(period_spread=1.0).digest()
     with pytest.raises(ValueError, match="0 <= grey_spread <= 1"):
         SynthSpec(grey_spread=-0.5)
     with pytest.raises(ValueError, match="0 <= period_spread <= 1"):
