@@ -3,6 +3,7 @@ search on a sample of generated scenes, the stage-2 box filter of an ORL recipe,
 kept boxes that lie on an object (IoU >= 0.5 with a ground-truth box) and the share of objects
 that some kept box covers. A minute per variant on 2 cores, against ~20 for an ORL run, so scene
 designs can be screened for ORL before they are trained on (results/embedded/range_search.md).
+Variants may also change the stage-2 filter (`method.stage2.*`); those reuse the search's boxes.
 
     python benchmarks/proposal_quality.py --variants benchmarks/proposal_screen.yaml \\
         --images 300 --out results/embedded/proposal_quality.json
@@ -22,6 +23,7 @@ import numpy as np
 import yaml
 
 from orl_bench import pipeline
+from orl_bench.config import config_hash
 from orl_bench.data.coco import CocoDataset
 from orl_bench.data.sources import pretrain_images
 from orl_bench.methods.orl.boxes import filter_boxes, xywh_to_xyxy
@@ -58,7 +60,10 @@ def miss_kind(box: np.ndarray, gt: np.ndarray) -> str:
     return "other"
 
 
-def measure(name: str, overrides: list[str], recipe: str, n_images: int, workers: int) -> dict:
+def measure(name: str, overrides: list[str], recipe: str, n_images: int, workers: int,
+            searched: dict[str, tuple[list[np.ndarray], float]]) -> dict:
+    """One variant's row. `searched` keeps selective search's output per data config, so variants
+    that change only the stage-2 filter reuse it."""
     # Scenes are drawn per index, so the first n of a smaller set are the recipe's first n.
     counts = [f"data.synth.{k}={v}" for k, v in (("coco_train", n_images), ("coco_val", 0), ("coco_unlabeled", 0),
                                                  ("voc_trainval", 0), ("voc_test", 0))]
@@ -68,10 +73,12 @@ def measure(name: str, overrides: list[str], recipe: str, n_images: int, workers
         images = pretrain_images(cfg.data, Path(workdir))
         coco: CocoDataset = images.coco[0]
         n = len(coco)
-        t0 = time.perf_counter()
-        with ProcessPoolExecutor(workers) as pool:
-            raw = list(pool.map(proposals_of, images.paths, chunksize=8))
-        seconds = time.perf_counter() - t0
+        key = config_hash(cfg.data)
+        if key not in searched:
+            t0 = time.perf_counter()
+            with ProcessPoolExecutor(workers) as pool:
+                searched[key] = list(pool.map(proposals_of, images.paths, chunksize=8)), time.perf_counter() - t0
+        raw, seconds = searched[key]
         kept, on_object, covered, objects = 0, 0, 0, 0
         misses = dict.fromkeys(MISSES, 0)
         for i, image in enumerate(coco.images):
@@ -106,11 +113,12 @@ def main() -> None:
         sys.exit(f"unknown variants {unknown}; {args.variants} defines {sorted(variants)}")
     if args.images < 1 or args.workers < 1:
         sys.exit(f"--images and --workers must be >= 1, got {args.images} and {args.workers}")
-    rows = []
+    rows, searched = [], {}
     for name in names:
+        # the scenes and the stage-2 filter; other keys (training) do not change the boxes
         overrides = [f"{k}={json.dumps(v)}" for k, v in (variants[name].get("overrides") or {}).items()
-                     if k.startswith("data.")]
-        rows.append(measure(name, overrides, args.recipe, args.images, args.workers))
+                     if k.startswith(("data.", "method.stage2."))]
+        rows.append(measure(name, overrides, args.recipe, args.images, args.workers, searched))
         # after every variant, so an interrupted screen keeps what it measured
         save_benchmark_record(Path(args.out), {"benchmark": "proposal_quality", "recipe": args.recipe, "runs": rows})
 

@@ -24,12 +24,12 @@ from orl_bench.engine.distributed import init_distributed
 from orl_bench.engine.export import export
 from orl_bench.methods.orl.correspondence import Correspondences
 from orl_bench.methods.orl.pair_quality import pair_quality
-from orl_bench.io import atomic_write_text
+from orl_bench.io import atomic_write_text, read_jsonl
 from orl_bench.registry import METHODS, TASKS, RegistryError
 from orl_bench.results import diagnose
-from orl_bench.results.figures import correspondence_grid, result_bars
+from orl_bench.results.figures import correspondence_grid, learning_curves, result_bars
 from orl_bench.results.paper import load_reference
-from orl_bench.results.records import load_records, records_path
+from orl_bench.results.records import records_path
 from orl_bench.results.report import summarize, to_csv, to_markdown
 
 USER_ERRORS = (ConfigError, RegistryError, DatasetLayoutError, CheckpointError, FileNotFoundError, ValueError)
@@ -116,11 +116,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    records = load_records(workdir_of(args))
+    sources = [Path(f) for f in args.records] if args.records else [records_path(workdir_of(args))]
+    missing = [str(f) for f in sources if args.records and not f.is_file()]
+    if missing:
+        raise ConfigError(f"--records: no such file {missing}; expected JSON-lines record files")
+    records = [r for f in sources for r in read_jsonl(f)]
     if args.task:
         records = [r for r in records if r["task"] == args.task]
     if not records:
-        print(f"no records in {records_path(workdir_of(args))}", file=sys.stderr)
+        print(f"no records in {', '.join(map(str, sources))}", file=sys.stderr)
         return 1
     rows = summarize(records, load_reference())
     text = to_csv(rows) if args.format == "csv" else to_markdown(rows)
@@ -130,6 +134,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.figure:
         result_bars(rows, Path(args.figure), args.layer)
         print(f"wrote {args.figure}")
+    if args.curves:
+        learning_curves(rows, Path(args.curves), args.layer)
+        print(f"wrote {args.curves}")
     return 0
 
 
@@ -258,7 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     p.add_argument("--out", help="also write the table to this file")
     p.add_argument("--figure", help="also draw the rows as a bar chart (mean ± std, chance line) to this PNG")
-    p.add_argument("--layer", default="res5", help="the layer the bar chart shows")
+    p.add_argument("--curves", help="also draw the rows against pretraining epochs (one line per method setting, "
+                   "random and chance as levels) to this PNG: does a method's lead hold as training grows?")
+    p.add_argument("--layer", default="res5", help="the layer the figures show")
+    p.add_argument("--records", nargs="+", help="read these JSON-lines record files (e.g. the committed ones under "
+                   "results/) instead of the work directory's record store")
     p.add_argument("--workdir")
     p.set_defaults(fn=cmd_report)
 

@@ -74,6 +74,9 @@ class TrainConfig:
     deterministic: bool = False
     sync_bn: bool = True  # when distributed
     num_workers: int = volatile(4)
+    # torch threads of the training process on CPU; 0: the cores left after num_workers (at least 1),
+    # since threads beside busy loader workers slow both down (orl_bench/engine/threads.py)
+    cpu_threads: int = volatile(0)
     checkpoint_every_steps: int = volatile(500)
     log_every_steps: int = volatile(20)
 

@@ -11,6 +11,7 @@ import torchvision
 from orl_bench import pipeline
 from orl_bench.cli import main
 from orl_bench.engine.distributed import DistInfo
+from orl_bench.engine.threads import training_threads
 from orl_bench.results.records import records_path
 
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
@@ -100,6 +101,7 @@ def test_corrupt_images_are_skipped_counted_logged_and_recorded(tmp_path, tiny_d
     folder, _ = pipeline.ensure_pretrained(cfg, "tiny", home, CPU)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["unreadable_images"] == 1
+    assert manifest["loader_workers"] == 0 and manifest["torch_threads"] == training_threads(CPU.device, 0)  # no workers: all cores
     events = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     assert [e["count"] for e in events if e.get("event") == "unreadable_images"] == [1]
     records, _ = pipeline.evaluate(pipeline.load_task_config("voc07_svm", "tiny", []), pipeline.artifact_ref(folder),

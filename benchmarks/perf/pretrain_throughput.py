@@ -20,6 +20,7 @@ from orl_bench.data.pretrain_dataset import EpochSampler, collate_skipping_unrea
 from orl_bench.data.sources import pretrain_images
 from orl_bench.engine.distributed import DistInfo
 from orl_bench.engine.optim import build_optimizer, scaled_lr
+from orl_bench.engine.threads import torch_threads, training_threads
 from orl_bench.engine.trainer import autocast_dtype, build_method, to_device
 from orl_bench.io import atomic_write_json
 from orl_bench.methods.base import Progress
@@ -85,16 +86,19 @@ def main() -> None:
         optimizer.step()
         method.after_step(progress)
 
-    load_only = timed(lambda: next(batches), args.steps, args.warmup)
-    model_only = timed(lambda: model_step(in_memory), args.steps, args.warmup)
-    end_to_end = timed(lambda: model_step(to_device(next(batches)[0], device, cfg.train.channels_last)),
-                       args.steps, args.warmup)
+    # the training process's thread policy (orl_bench/engine/threads.py), so the figures are the trainer's
+    threads = training_threads(device, cfg.train.num_workers, cfg.train.cpu_threads)
+    with torch_threads(threads):
+        load_only = timed(lambda: next(batches), args.steps, args.warmup)
+        model_only = timed(lambda: model_step(in_memory), args.steps, args.warmup)
+        end_to_end = timed(lambda: model_step(to_device(next(batches)[0], device, cfg.train.channels_last)),
+                           args.steps, args.warmup)
     n = args.steps * b
     result = {
         "benchmark": "pretrain_throughput", "method": args.method, "recipe": args.recipe,
         "overrides": args.overrides, "arch": cfg.model.arch, "width": cfg.model.width, "batch": b,
         "view_size": cfg.method.get("views", {}).get("size"), "num_workers": cfg.train.num_workers,
-        "torch_threads": torch.get_num_threads(), "amp": str(amp),
+        "torch_threads": threads, "amp": str(amp),
         "images_per_s": {"data_only": round(n / load_only, 1), "model_only": round(n / model_only, 1),
                          "end_to_end": round(n / end_to_end, 1)},
         "end_to_end_over_model_only": round(model_only / end_to_end, 3),

@@ -24,6 +24,7 @@ from orl_bench.engine.checkpoint import (TRAIN_STATE, export_artifact, load_trai
                                          save_train_state, set_rng_state)
 from orl_bench.engine.distributed import DistInfo, all_reduce_mean, barrier
 from orl_bench.engine.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from orl_bench.engine.threads import torch_threads, training_threads
 from orl_bench.logging import RunLogger
 from orl_bench.methods.base import Method, Progress
 from orl_bench.provenance import device_name, git_revision
@@ -107,40 +108,43 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
         barrier(info)
 
     start_time, start_step, window_start = time.perf_counter(), step, time.perf_counter()
-    method.train()
-    while step < max_steps:
-        epoch, in_epoch = divmod(step, spe)
-        sampler.set_epoch(epoch, in_epoch)
-        for batch, bad in loader:
-            if bad and not unreadable.issuperset(bad):
-                unreadable.update(bad)
-                log.event("unreadable_images", count=len(unreadable), paths=[str(image_paths[i]) for i in bad])
-            if batch is None:
-                raise RuntimeError(f"every image of a batch was unreadable ({len(bad)} images, e.g. "
-                                   f"{image_paths[bad[0]]}); check the dataset")
-            lr = lr_at(step, max_steps, warmup_steps, peak_lr, cfg.optim.final_lr_fraction)
-            set_lr(optimizer, lr)
-            progress = Progress(step, max_steps, epoch)
-            batch = to_device(batch, info.device, cfg.train.channels_last)
-            autocast = torch.autocast(info.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-            with autocast:
-                losses = model(batch, progress)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["loss"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            method.after_step(Progress(step, max_steps, epoch))
-            log.tick()
-            if step % t.log_every_steps == 0 or step == max_steps:
-                now = time.perf_counter()
-                n_images = t.log_every_steps * t.batch_size if step % t.log_every_steps == 0 else 0
-                scalars = {k: all_reduce_mean(v.detach().float(), info).item() for k, v in losses.items()}
-                log.scalars(step, epoch=epoch, lr=lr, **scalars,
-                            images_per_s=n_images / max(now - window_start, 1e-9) if n_images else None)
-                window_start = now
-            if step % t.checkpoint_every_steps == 0 or step % spe == 0:
-                checkpoint()
+    # on CPU the views are made in loader workers beside the model step: give torch the cores they leave
+    threads = training_threads(info.device, t.num_workers, t.cpu_threads)
+    with torch_threads(threads):
+        method.train()
+        while step < max_steps:
+            epoch, in_epoch = divmod(step, spe)
+            sampler.set_epoch(epoch, in_epoch)
+            for batch, bad in loader:
+                if bad and not unreadable.issuperset(bad):
+                    unreadable.update(bad)
+                    log.event("unreadable_images", count=len(unreadable), paths=[str(image_paths[i]) for i in bad])
+                if batch is None:
+                    raise RuntimeError(f"every image of a batch was unreadable ({len(bad)} images, e.g. "
+                                       f"{image_paths[bad[0]]}); check the dataset")
+                lr = lr_at(step, max_steps, warmup_steps, peak_lr, cfg.optim.final_lr_fraction)
+                set_lr(optimizer, lr)
+                progress = Progress(step, max_steps, epoch)
+                batch = to_device(batch, info.device, cfg.train.channels_last)
+                autocast = torch.autocast(info.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+                with autocast:
+                    losses = model(batch, progress)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(losses["loss"]).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                method.after_step(Progress(step, max_steps, epoch))
+                log.tick()
+                if step % t.log_every_steps == 0 or step == max_steps:
+                    now = time.perf_counter()
+                    n_images = t.log_every_steps * t.batch_size if step % t.log_every_steps == 0 else 0
+                    scalars = {k: all_reduce_mean(v.detach().float(), info).item() for k, v in losses.items()}
+                    log.scalars(step, epoch=epoch, lr=lr, **scalars,
+                                images_per_s=n_images / max(now - window_start, 1e-9) if n_images else None)
+                    window_start = now
+                if step % t.checkpoint_every_steps == 0 or step % spe == 0:
+                    checkpoint()
     checkpoint()
     wall = time.perf_counter() - start_time
     log.close()
@@ -151,7 +155,8 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
                 "git_revision": git_revision(), "device": device_name(info.device),
                 "world_size": info.world_size, "sync_bn": info.distributed and cfg.train.sync_bn,
                 "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
-                "channels_last": info.device.type == "cuda" and t.channels_last, "torch": torch.__version__}
+                "channels_last": info.device.type == "cuda" and t.channels_last, "torch": torch.__version__,
+                "torch_threads": threads, "loader_workers": t.num_workers}
     if hasattr(dataset, "fallbacks"):  # counts of samples a dataset had to make up (e.g. ORL's)
         manifest["dataset_fallbacks"] = dataset.fallbacks
     if info.is_main:

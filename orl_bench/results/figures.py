@@ -1,6 +1,7 @@
 """Figures a researcher wants to look at; each is a PNG written atomically.
 
-`result_bars` draws a report's rows as bars with error bars beside the chance level.
+`result_bars` draws a report's rows as bars with error bars beside the chance level;
+`learning_curves` draws them against pretraining epochs, one line per method setting.
 `correspondence_grid` is the paper's Figure 3: ORL's stage-2 RoI pairs across images. Each row is
 one query image: the image and its nearest neighbour that holds pairs, with the top-ranked pairs
 (pairs are stored by decreasing RoI similarity) drawn in matching colours, then the crops of each
@@ -78,11 +79,7 @@ def result_bars(rows: list[dict], out: Path, layer: str = "res5") -> int:
     """A bar chart of `orl-bench report` rows: one panel per (task, metric, dataset), one bar per
     method row at `layer` (mean with a 1-std error bar, seeds in the label) and the task's chance
     level as a dashed line, so every number is read against its floor. Returns the bars drawn."""
-    panels: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r["method"] == CHANCE or r["layer"] == layer:
-            panels.setdefault((r["task"], r["metric"], r["dataset"]), []).append(r)
-    panels = {k: v for k, v in panels.items() if any(r["method"] != CHANCE for r in v)}
+    panels = _panels(rows, layer)
     if not panels:
         raise ValueError(f"no report rows at layer {layer} to draw")
     fig = Figure(figsize=(1.2 + 1.1 * max(len(v) for v in panels.values()), 3.6 * len(panels)))
@@ -104,6 +101,52 @@ def result_bars(rows: list[dict], out: Path, layer: str = "res5") -> int:
         ax.set_ylabel(f"{metric} ({layer})")
         ax.set_title(f"{task} on {dataset}: mean ± std over seeds", fontsize=8)
         drawn += len(bars)
+    fig.tight_layout()
+    atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return drawn
+
+
+def _panels(rows: list[dict], layer: str) -> dict[tuple, list[dict]]:
+    """Rows at `layer` (and chance rows) per (task, metric, dataset), only panels with a method row."""
+    panels: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["method"] == CHANCE or r["layer"] == layer:
+            panels.setdefault((r["task"], r["metric"], r["dataset"]), []).append(r)
+    return {k: v for k, v in panels.items() if any(r["method"] != CHANCE for r in v)}
+
+
+def learning_curves(rows: list[dict], out: Path, layer: str = "res5") -> int:
+    """`orl-bench report` rows against pretraining epochs: one line per (method, variant) over its
+    epoch counts (mean with a 1-std error bar), random initialisation (epochs 0) and chance as
+    horizontal lines. An ORL row's epochs are its stage 3's. Returns the lines drawn."""
+    panels = {k: v for k, v in _panels(rows, layer).items() if any(r["epochs"] for r in v)}
+    if not panels:
+        raise ValueError(f"no report rows with pretraining epochs at layer {layer} to draw")
+    fig = Figure(figsize=(7.5, 4.2 * len(panels)))
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    drawn = 0
+    for ax, ((task, metric, dataset), items) in zip(axes, panels.items()):
+        lines: dict[tuple, list[dict]] = {}
+        for r in items:
+            if r["method"] == CHANCE or not r["epochs"]:
+                style = ("k", "--") if r["method"] == CHANCE else ("grey", ":")
+                ax.axhline(r["mean"], color=style[0], linestyle=style[1], linewidth=1,
+                           label=f"{r['method']} {r['mean']:.1f}")
+            else:
+                lines.setdefault((r["method"], r["variant"]), []).append(r)
+        epochs = sorted({r["epochs"] for v in lines.values() for r in v})
+        for i, ((method, variant), points) in enumerate(sorted(lines.items())):
+            points.sort(key=lambda r: r["epochs"])
+            ax.errorbar([r["epochs"] for r in points], [r["mean"] for r in points], yerr=[r["std"] for r in points],
+                        marker="o", capsize=3, color=COLOURS[i % len(COLOURS)],
+                        label=method + (f" ({variant})" if variant else ""))
+            drawn += 1
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(epochs, [str(e) for e in epochs])
+        ax.set_xlabel("pretraining epochs (ORL: stage 3's)")
+        ax.set_ylabel(f"{metric} ({layer})")
+        ax.set_title(f"{task} on {dataset}: mean ± std over seeds", fontsize=8)
+        ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
     atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     return drawn

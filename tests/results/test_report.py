@@ -61,3 +61,27 @@ def test_one_artifact_evaluated_twice_counts_as_one_seed(tmp_path):
     append_records(tmp_path, [record(30.0, 0), {**record(34.0, 1), "artifact_sha256": "t"}, again])
     byol = next(r for r in summarize(load_records(tmp_path), load_reference()) if r["method"] == "byol")
     assert byol["n"] == 2 and byol["mean"] == pytest.approx(32.0)
+
+
+def test_learning_curves_draw_one_line_per_method_setting_with_levels_for_random_and_chance(tmp_path):
+    from orl_bench.results.figures import learning_curves
+    append_records(tmp_path, [record(30.0, 0, epochs=8, setup_hash="a"), record(32.0, 1, epochs=8, setup_hash="a"),
+                              record(35.0, 0, epochs=16, setup_hash="b"),
+                              record(31.0, 0, "orl", epochs=8, setup_hash="c", variant={"boxes": "gt"}),
+                              record(29.0, 0, "orl", epochs=8, setup_hash="d", variant={"boxes": "ss"}),
+                              record(20.0, 0, "random", epochs=0), record(10.0, None, "chance", layer=None)])
+    rows = summarize(load_records(tmp_path), load_reference())
+    out = tmp_path / "curves.png"
+    assert learning_curves(rows, out) == 3  # byol (2 points), orl gt, orl ss; random and chance are levels
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no report rows with pretraining epochs at layer res4"):
+        learning_curves(rows, tmp_path / "none.png", layer="res4")
+
+
+def test_report_reads_record_files_and_names_a_missing_one(tmp_path, capsys):
+    from orl_bench.cli import main
+    append_records(tmp_path, [record(30.0, 0, epochs=8), record(20.0, 0, "random", epochs=0)])
+    assert main(["report", "--records", str(records_path(tmp_path)), "--curves", str(tmp_path / "c.png")]) == 0
+    assert "30.00 ± 0.00" in capsys.readouterr().out and (tmp_path / "c.png").is_file()
+    assert main(["report", "--records", str(tmp_path / "nope.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err
