@@ -52,7 +52,7 @@ def build_method(cfg: PretrainConfig, info: DistInfo, inputs: Mapping[str, Path]
                              "set train.sync_bn=false for a distributed CPU run (per-process BN statistics)")
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     method.to(info.device)
-    if info.device.type == "cuda" and cfg.train.channels_last:
+    if cfg.train.channels_last:
         method.to(memory_format=torch.channels_last)
     return method
 
@@ -155,7 +155,7 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
                 "git_revision": git_revision(), "device": device_name(info.device),
                 "world_size": info.world_size, "sync_bn": info.distributed and cfg.train.sync_bn,
                 "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
-                "channels_last": info.device.type == "cuda" and t.channels_last, "torch": torch.__version__,
+                "channels_last": t.channels_last, "torch": torch.__version__,
                 "torch_threads": threads, "loader_workers": t.num_workers}
     if hasattr(dataset, "fallbacks"):  # counts of samples a dataset had to make up (e.g. ORL's)
         manifest["dataset_fallbacks"] = dataset.fallbacks
@@ -168,7 +168,7 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
 def to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
     if isinstance(batch, torch.Tensor):
         batch = batch.to(device, non_blocking=True)
-        if device.type == "cuda" and channels_last and batch.ndim == 4:
+        if channels_last and batch.ndim == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
     if isinstance(batch, (list, tuple)):

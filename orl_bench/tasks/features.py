@@ -83,7 +83,7 @@ def compute_features(backbone: ResNet, paths: list[Path], layers: tuple[str, ...
     if unknown:
         raise ValueError(f"unknown feature layers {unknown}; expected some of {', '.join(LAYERS)}")
     taps = {"res5" if layer == "res5_gap" else layer for layer in layers}
-    backbone.eval().to(device)
+    backbone.eval().to(device, memory_format=torch.channels_last)  # as trained: faster convolutions
     loader = DataLoader(EvalImages(paths, eval_transform(cfg), cfg.size), batch_size=cfg.batch_size,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     chunks: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}

@@ -43,7 +43,7 @@ def test_method_trains_exports_and_reloads_strictly(name, workdir):
     folder, _ = pipeline.ensure_pretrained(cfg, "tiny", workdir, CPU)
     backbone, manifest = load_backbone(folder)
     assert manifest["method"] == name and manifest["steps"] >= 2
-    assert manifest["amp"] == "off" and manifest["channels_last"] is False  # how it ran: CPU, float32
+    assert manifest["amp"] == "off" and manifest["channels_last"] is True  # how it ran: CPU, float32, NHWC
     saved = load_file(str(folder / "backbone.safetensors"))
     assert set(saved) == set(backbone.state_dict())
     assert not any(k.startswith(("fc.", "target", "online", "projector")) for k in saved)
