@@ -120,7 +120,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     missing = [str(f) for f in sources if args.records and not f.is_file()]
     if missing:
         raise ConfigError(f"--records: no such file {missing}; expected JSON-lines record files")
-    records = [r for f in sources for r in read_jsonl(f)]
+    records = []
+    for f in sources:
+        try:
+            records += read_jsonl(f)
+        except ValueError as e:  # JSONDecodeError: name the file, not just the position
+            raise ConfigError(f"{f} is not a JSON-lines record file ({e})") from e
     if args.task:
         records = [r for r in records if r["task"] == args.task]
     if not records:

@@ -81,6 +81,11 @@ class TrainConfig:
     checkpoint_every_steps: int = volatile(500)
     log_every_steps: int = volatile(20)
 
+    def __post_init__(self) -> None:
+        if self.num_workers < 0 or self.cpu_threads < 0:
+            raise ConfigError(f"need train.num_workers >= 0 and train.cpu_threads >= 0 (0 = automatic), got "
+                              f"{self.num_workers} and {self.cpu_threads}")
+
 
 @dataclass(frozen=True)
 class PretrainConfig:

@@ -25,9 +25,6 @@ def cores_per_process() -> int:
 def training_threads(device: torch.device, loader_workers: int, requested: int = 0) -> int:
     """On CPU, `requested` threads if > 0, else the cores left after `loader_workers` (at least
     one). On an accelerator the model step does not run on these threads: torch's current count."""
-    if requested < 0 or loader_workers < 0:
-        raise ValueError(f"need train.cpu_threads >= 0 (0 = automatic) and train.num_workers >= 0, got "
-                         f"{requested} and {loader_workers}")
     if device.type != "cpu":
         return torch.get_num_threads()
     return requested or max(1, cores_per_process() - loader_workers)

@@ -18,11 +18,12 @@ def test_cpu_training_gets_the_cores_its_loader_workers_leave(monkeypatch):
     assert training_threads(torch.device("cuda"), 1) == torch.get_num_threads()  # the GPU runs the step
 
 
-def test_negative_counts_are_refused():
-    with pytest.raises(ValueError, match="train.cpu_threads >= 0"):
-        training_threads(CPU, 1, requested=-1)
-    with pytest.raises(ValueError, match="train.num_workers >= 0"):
-        training_threads(CPU, -2)
+def test_negative_counts_are_refused_when_the_recipe_is_read():
+    from orl_bench import pipeline
+    from orl_bench.config import ConfigError
+    for key in ("train.cpu_threads=-1", "train.num_workers=-2"):
+        with pytest.raises(ConfigError, match=r"train.num_workers >= 0 and train.cpu_threads >= 0"):
+            pipeline.load_pretrain_config("byol", "tiny", [key])
 
 
 def test_thread_count_is_restored_after_the_block():

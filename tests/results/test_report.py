@@ -85,3 +85,6 @@ def test_report_reads_record_files_and_names_a_missing_one(tmp_path, capsys):
     assert "30.00 ± 0.00" in capsys.readouterr().out and (tmp_path / "c.png").is_file()
     assert main(["report", "--records", str(tmp_path / "nope.jsonl")]) == 2
     assert "no such file" in capsys.readouterr().err
+    (tmp_path / "broken.jsonl").write_text('{"task": "voc07_svm"\n')
+    assert main(["report", "--records", str(tmp_path / "broken.jsonl")]) == 2
+    assert "broken.jsonl is not a JSON-lines record file" in capsys.readouterr().err
