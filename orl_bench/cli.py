@@ -22,21 +22,29 @@ from orl_bench.data.images import DatasetLayoutError
 from orl_bench.engine.checkpoint import CheckpointError, load_backbone, read_manifest
 from orl_bench.engine.distributed import init_distributed
 from orl_bench.engine.export import export
+from orl_bench.engine.trainer import TrainingDiverged
 from orl_bench.methods.orl.correspondence import Correspondences
 from orl_bench.methods.orl.pair_quality import pair_quality
-from orl_bench.io import atomic_write_text, read_jsonl
+from orl_bench.io import atomic_write_text, warn_skipped
 from orl_bench.registry import METHODS, TASKS, RegistryError
 from orl_bench.results import diagnose
 from orl_bench.results.figures import correspondence_grid, learning_curves, result_bars
 from orl_bench.results.paper import load_reference
-from orl_bench.results.records import records_path
+from orl_bench.results.records import read_records, records_path
 from orl_bench.results.report import summarize, to_csv, to_markdown
 
-USER_ERRORS = (ConfigError, RegistryError, DatasetLayoutError, CheckpointError, FileNotFoundError, ValueError)
+# Errors answered with one line and exit status 2: bad input, a failing disk (OSError: unreadable,
+# missing or wrong-kind paths, a full disk; what was written before stays whole) and a diverged
+# training run (its last checkpoint stays whole).
+USER_ERRORS = (ConfigError, RegistryError, DatasetLayoutError, CheckpointError, OSError, ValueError,
+               TrainingDiverged)
 
 
 def workdir_of(args: argparse.Namespace) -> Path:
-    return Path(args.workdir or os.environ.get("ORL_BENCH_HOME") or "orl_bench_home").expanduser()
+    workdir = Path(args.workdir or os.environ.get("ORL_BENCH_HOME") or "orl_bench_home").expanduser()
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"work directory {workdir} is a file; expected a folder (--workdir or $ORL_BENCH_HOME)")
+    return workdir
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -117,20 +125,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     sources = [Path(f) for f in args.records] if args.records else [records_path(workdir_of(args))]
-    missing = [str(f) for f in sources if args.records and not f.is_file()]
-    if missing:
-        raise ConfigError(f"--records: no such file {missing}; expected JSON-lines record files")
+    for f in sources if args.records else ():
+        if not f.is_file():
+            raise ConfigError(f"--records {f}: {'is a directory' if f.is_dir() else 'no such file'}; expected a "
+                              "JSON-lines record file")
     records = []
     for f in sources:
-        try:
-            records += read_jsonl(f)
-        except ValueError as e:  # JSONDecodeError: name the file, not just the position
-            raise ConfigError(f"{f} is not a JSON-lines record file ({e})") from e
-    if args.task:
-        records = [r for r in records if r["task"] == args.task]
+        found, skipped = read_records(f)
+        if skipped and not found:
+            raise ConfigError(f"{f} is not a JSON-lines record file (no line of it is a result record; "
+                              f"line {skipped[0].removeprefix(f'{f}:')})")
+        warn_skipped(skipped)
+        records += found
     if not records:
         print(f"no records in {', '.join(map(str, sources))}", file=sys.stderr)
         return 1
+    if args.task:
+        tasks = sorted({r["task"] for r in records})
+        records = [r for r in records if r["task"] == args.task]
+        if not records:
+            raise ConfigError(f"no records of task '{args.task}' in {', '.join(map(str, sources))}; "
+                              f"they hold tasks: {', '.join(tasks)}")
     rows = summarize(records, load_reference())
     text = to_csv(rows) if args.format == "csv" else to_markdown(rows)
     if args.out:

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -208,8 +209,12 @@ def find_recipe(kind: str, group: str, recipe: str, folder: Path | None = None) 
     as_path = Path(recipe)
     if as_path.suffix in (".yaml", ".yml"):
         if not as_path.is_file():
-            raise ConfigError(f"recipe file not found: {as_path}")
+            raise ConfigError(f"recipe {as_path} is a directory; expected a YAML recipe file" if as_path.is_dir()
+                              else f"recipe file not found: {as_path}")
         return as_path
+    if os.sep in recipe or as_path.exists():  # a path, not a scale name
+        raise ConfigError(f"recipe {recipe} is not a YAML recipe (a path must end in .yaml or .yml); "
+                          "expected a scale name (tiny, default, paper) or your own recipe file")
     folder = folder or recipe_root(kind) / group
     path = folder / f"{recipe}.yaml"
     if not path.is_file():
@@ -246,8 +251,13 @@ def load_yaml_recipe(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in _seen:
         raise ConfigError(f"recipe inheritance cycle: {' -> '.join(map(str, _seen + (path,)))}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    if path.is_dir():
+        raise ConfigError(f"recipe {path} is a directory; expected a YAML recipe file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"recipe {path} is not a YAML text file ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0]}); expected a recipe like those of `orl-bench list recipes`") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping at the top level")
     bases = data.pop("base", [])
@@ -264,7 +274,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key.path=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({str(e).splitlines()[0]})") from e
         nested: Any = value
         for part in reversed(key.strip().split(".")):
             nested = {part: nested}

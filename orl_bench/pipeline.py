@@ -28,9 +28,9 @@ from orl_bench.engine.trainer import pretrain
 from orl_bench.io import file_lock, sha256_file
 from orl_bench.methods.base import Method, StageContext
 from orl_bench.models.backbones import build_backbone
-from orl_bench.provenance import device_name, git_revision
+from orl_bench.provenance import device_name, git_revision, now_iso
 from orl_bench.registry import METHODS, TASKS
-from orl_bench.results.records import append_records, load_records, now_iso
+from orl_bench.results.records import append_records, load_records
 from orl_bench.tasks.base import BackboneRef
 
 RANDOM = "random"  # not a plugin: the randomly initialised backbone of a recipe, as a baseline row
@@ -93,6 +93,15 @@ def artifact_dir(workdir: Path, cfg: PretrainConfig, input_hashes: dict[str, str
     return Path(workdir) / "artifacts" / f"{cfg.method['name']}-{key[:12]}"
 
 
+def workdir_relative(path: Path, workdir: Path) -> str:
+    """`path` as recorded for provenance: relative to the work directory when inside it, so the
+    same run in another work directory records the same thing."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(workdir).resolve()))
+    except ValueError:
+        return str(path)
+
+
 def stage_overrides(overrides: list[str]) -> list[str]:
     """The overrides an earlier stage inherits: all but the method's own options."""
     return [o for o in overrides if not o.split("=", 1)[0].strip().startswith("method.")]
@@ -144,11 +153,12 @@ def ensure_pretrained(cfg: PretrainConfig, recipe: str, workdir: Path, info: Dis
     images = images or _images(cfg, workdir, info)
     data_s += time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
-    extra = {"recipe": recipe, "data": {"source": cfg.data.source, "key": images.key, "images": len(images.paths)},
-             "created": now_iso()}
+    extra = {"recipe": recipe, "data": {"source": cfg.data.source, "key": images.key, "images": len(images.paths)}}
+    run_info = {"started": now_iso()}
     if inputs:
-        extra["inputs"] = {name: {"path": str(path), "sha256": input_hashes[name]} for name, path in inputs.items()}
-        extra["stages"] = timings
+        extra["inputs"] = {name: {"path": workdir_relative(path, workdir), "sha256": input_hashes[name]}
+                           for name, path in inputs.items()}
+        run_info["stages"] = timings
     t_train = time.perf_counter()
     # A second concurrent run waits for the first, then reuses its artifact. Only rank 0 takes
     # the lock: the other ranks of this run must not block on it while rank 0 trains with them.
@@ -156,21 +166,22 @@ def ensure_pretrained(cfg: PretrainConfig, recipe: str, workdir: Path, info: Dis
         barrier(info)
         if not is_complete(out):
             if cfg.method["name"] != RANDOM:
-                pretrain(cfg, out, images.paths, extra, info, inputs)
+                pretrain(cfg, out, images.paths, extra, info, inputs, run_info)
             elif info.is_main:
-                export_random(cfg, out, extra)
+                export_random(cfg, out, extra, run_info)
         barrier(info)
     return out, {**timings, "data_s": round(data_s, 2), "pretrain_s": round(time.perf_counter() - t_train, 2),
                  "pretrain_reused": False}
 
 
-def export_random(cfg: PretrainConfig, out: Path, extra: dict[str, Any]) -> None:
+def export_random(cfg: PretrainConfig, out: Path, extra: dict[str, Any], run_info: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.model.arch, cfg.model.width)
     write_config(out, cfg)
     export_artifact(out, backbone, {**extra, "method": RANDOM, "config_hash": config_hash(cfg),
                                     "arch": cfg.model.arch, "width": cfg.model.width, "epochs": 0,
-                                    "git_revision": git_revision(), "torch": torch.__version__})
+                                    "git_revision": git_revision(), "torch": torch.__version__},
+                    {**run_info, "finished": now_iso()})
 
 
 def record_fields(cfg: PretrainConfig, folder: Path | None = None) -> dict[str, Any]:
@@ -224,7 +235,8 @@ def evaluate(task_cfg: TaskConfig, ref: BackboneRef, workdir: Path, device: torc
         common = {"task": task_cfg.name, "task_config_hash": task_hash, "git_revision": git_revision(),
                   "device": device_name(device), "wall_time_s": round(time.perf_counter() - t0, 2),
                   "timestamp": now_iso()}
-        backbone = {"method": ref.method, "artifact_sha256": ref.sha256, "artifact": ref.path, "recipe": ref.recipe,
+        backbone = {"method": ref.method, "artifact_sha256": ref.sha256, "artifact": workdir_relative(ref.path, workdir),
+                    "recipe": ref.recipe,
                     **(extra or {})}
         records = [{**common, **backbone, **row} for row in rows if "method" not in row]
         # Backbone-free rows are the same for every backbone: one per (method, metric, dataset) in the store.

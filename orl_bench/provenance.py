@@ -1,6 +1,7 @@
 """Facts recorded with every artifact and result: code revision, device, versions."""
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import platform
@@ -12,6 +13,10 @@ from typing import Any
 import torch
 
 from orl_bench.io import atomic_write_json
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @functools.lru_cache(maxsize=1)

@@ -11,6 +11,9 @@ import pytest
 
 from orl_bench import pipeline
 from orl_bench.data.sources import pretrain_images
+from orl_bench.engine.checkpoint import SIDECARS
+from orl_bench.io import sha256_file
+from orl_bench.methods.orl.stage2 import TIMINGS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,6 +31,18 @@ def workdir(tmp_path, tiny_data) -> Path:
     home.mkdir()
     (home / "data").symlink_to(tiny_data, target_is_directory=True)
     return home
+
+
+def content_files(home: Path) -> dict[str, str]:
+    """sha256 of every file under a work directory's artifacts/ and features/, but the sidecars
+    (logs, timings, run facts) and locks: what must be equal between two runs of one command."""
+    out = {}
+    for top in ("artifacts", "features"):
+        for f in sorted((home / top).rglob("*")):
+            rel = f.relative_to(home)
+            if f.is_file() and not {*SIDECARS, TIMINGS} & set(rel.parts) and f.suffix != ".lock":
+                out[str(rel)] = sha256_file(f)
+    return out
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

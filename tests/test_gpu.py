@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from orl_bench import pipeline
-from orl_bench.engine.checkpoint import load_backbone
+from orl_bench.engine.checkpoint import load_backbone, read_run_info
 from orl_bench.engine.distributed import DistInfo
 from orl_bench.engine.trainer import build_method
 from orl_bench.methods.base import Progress
@@ -107,7 +107,7 @@ def test_cuda_pretraining_records_how_it_ran_and_loads_on_cpu(workdir, name, ext
     assert done.returncode == 0, done.stderr[-3000:]
     folder = next(p.parent for p in (workdir / "artifacts").glob(f"{name}-*/manifest.json"))
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["device"] == torch.cuda.get_device_name(0) and manifest["amp"] == "bfloat16"
+    assert read_run_info(folder)["device"] == torch.cuda.get_device_name(0) and manifest["amp"] == "bfloat16"
     assert manifest["channels_last"] is True
     backbone, _ = load_backbone(folder)  # strict, onto the CPU
     assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in backbone.parameters())

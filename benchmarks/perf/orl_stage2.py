@@ -25,8 +25,7 @@ from orl_bench.data.sources import pretrain_images
 from orl_bench.engine.distributed import DistInfo
 from orl_bench.io import atomic_write_json
 from orl_bench.methods.orl.stage2 import Stage2Params, discover
-from orl_bench.provenance import device_name, git_revision
-from orl_bench.results.records import now_iso
+from orl_bench.provenance import device_name, git_revision, now_iso
 
 # --quick: a 1-epoch tiny BYOL on 16 scenes with the tiny recipe's stage 2; measures nothing worth keeping.
 QUICK_DATA = "{height: 128, width: 128, coco_train: 16, coco_val: 0, voc_trainval: 0, voc_test: 0}"

@@ -3,15 +3,17 @@
 A pretraining artifact folder holds `train_state.pt` (everything needed to resume), and once
 training is complete `backbone.safetensors` (torchvision ResNet key names) and `manifest.json`.
 The manifest is written last, so its presence marks a complete artifact.
+
+Everything but the sidecars (SIDECARS: the training logs, `run.json` with dates, durations and
+the host, a lock) depends only on the artifact's inputs: the same config and inputs give the same
+bytes, however often the run was interrupted and in whichever work directory it ran.
 """
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -22,6 +24,8 @@ from orl_bench.models.backbones import ResNet, build_backbone
 MANIFEST = "manifest.json"
 BACKBONE = "backbone.safetensors"
 TRAIN_STATE = "train_state.pt"
+RUN_INFO = "run.json"  # how this copy was built: dates, durations, device, threads
+SIDECARS = (RUN_INFO, "log.jsonl", "tensorboard", "build.lock")
 MANIFEST_VERSION = 1
 # Keys a torchvision classification checkpoint carries beyond the backbone; dropped on load.
 ALLOWED_EXTRA_KEYS = ("fc.weight", "fc.bias")
@@ -36,27 +40,23 @@ def write_config(artifact_dir: Path, cfg: Any) -> None:
     atomic_write_text(Path(artifact_dir) / "config.yaml", f"# config_hash: {config_hash(cfg)}\n{dump_yaml(cfg)}")
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def save_torch(path: Path, obj: Any) -> None:
+    """torch.save, atomically and byte-reproducibly."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: given a name, torch.save records the (random) temp name
+            torch.save(obj, f)
+    atomic_write(path, write)
 
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_train_state(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_train_state(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def read_run_info(artifact_dir: Path) -> dict[str, Any]:
+    """The sidecar of a complete artifact ({} for one made before sidecars existed)."""
+    path = Path(artifact_dir) / RUN_INFO
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def is_complete(artifact_dir: Path) -> bool:
@@ -65,14 +65,26 @@ def is_complete(artifact_dir: Path) -> bool:
 
 def read_manifest(artifact_dir: Path) -> dict[str, Any]:
     path = Path(artifact_dir) / MANIFEST
+    if not Path(artifact_dir).is_dir():
+        raise CheckpointError(f"artifact {artifact_dir} is not a folder; expected an orl-bench artifact folder "
+                              f"(with {MANIFEST} and {BACKBONE}); a state-dict file goes to --checkpoint")
     if not path.is_file():
         raise CheckpointError(f"{artifact_dir} is not a complete artifact (no {MANIFEST})")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is damaged ({e}); expected the JSON manifest orl-bench writes") from e
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path} is not an orl-bench manifest (a JSON object)")
+    return manifest
 
 
-def export_artifact(artifact_dir: Path, backbone: ResNet, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write backbone.safetensors, then manifest.json (with the weights' sha256) last."""
+def export_artifact(artifact_dir: Path, backbone: ResNet, manifest: dict[str, Any],
+                    run_info: dict[str, Any]) -> dict[str, Any]:
+    """Write run.json (the sidecar), backbone.safetensors, then manifest.json (with the weights'
+    sha256) last."""
     artifact_dir = Path(artifact_dir)
+    atomic_write_json(artifact_dir / RUN_INFO, run_info)
     tensors = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     atomic_write(artifact_dir / BACKBONE, lambda tmp: save_file(tensors, str(tmp)))
     full = {"format_version": MANIFEST_VERSION, **manifest,
@@ -113,12 +125,20 @@ def load_backbone(artifact_dir: Path) -> tuple[ResNet, dict[str, Any]]:
 def load_torchvision_state_dict(path: Path, arch: str, width: int = 64) -> ResNet:
     """A user's torchvision ResNet state dict (e.g. supervised weights), loaded strictly."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; expected a state-dict file (.pth, .pt or "
+                              ".safetensors); an orl-bench artifact folder goes to --artifact")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpicklers fail on foreign bytes with any error (KeyError, ...)
+        raise CheckpointError(f"{path} is not a {'safetensors' if path.suffix == '.safetensors' else 'PyTorch'} "
+                              f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); expected a "
+                              "torchvision ResNet state dict saved with torch.save or safetensors") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} is not a flat state dict of tensors (torchvision layout expected)")
     model = build_backbone(arch, width)

@@ -4,15 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from orl_bench.io import atomic_write
+from orl_bench.engine.checkpoint import save_torch
 from orl_bench.models.backbones import ResNet
 
 
 def export(backbone: ResNet, manifest: dict[str, Any], fmt: str, out: Path) -> None:
     if fmt == "torchvision":
         state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
-        atomic_write(Path(out), lambda tmp: torch.save(state, tmp))
+        save_torch(Path(out), state)
         return
     raise ValueError(f"unknown export format '{fmt}'; expected torchvision")

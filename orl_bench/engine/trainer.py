@@ -1,18 +1,21 @@
 """The pretraining loop: one code path for one CPU process and for torchrun on many GPUs.
 
 Resume is automatic: if the artifact folder holds a train_state.pt, training continues from it.
-Because every sample's augmentation is seeded by (seed, epoch, index) and the sampler can start
-mid-epoch, a resumed CPU run in deterministic mode ends with the same weights as an
-uninterrupted one.
+Because every sample's augmentation is seeded by (seed, epoch, index), the global generators by
+(seed, step), and the sampler can start mid-epoch, a resumed CPU run in deterministic mode ends
+with the same weights and train state, byte for byte, as an uninterrupted one.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import random
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -20,14 +23,14 @@ from torch.utils.data import DataLoader
 
 from orl_bench.config import PretrainConfig, config_hash
 from orl_bench.data.pretrain_dataset import EpochSampler, collate_skipping_unreadable
-from orl_bench.engine.checkpoint import (TRAIN_STATE, export_artifact, load_train_state, rng_state, write_config,
-                                         save_train_state, set_rng_state)
+from orl_bench.engine.checkpoint import TRAIN_STATE, export_artifact, load_train_state, save_torch, write_config
 from orl_bench.engine.distributed import DistInfo, all_reduce_mean, barrier
 from orl_bench.engine.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from orl_bench.engine.threads import torch_threads, training_threads
+from orl_bench.faults import fault_point
 from orl_bench.logging import RunLogger
 from orl_bench.methods.base import Method, Progress
-from orl_bench.provenance import device_name, git_revision
+from orl_bench.provenance import device_name, git_revision, now_iso
 from orl_bench.registry import METHODS
 
 
@@ -57,10 +60,27 @@ def build_method(cfg: PretrainConfig, info: DistInfo, inputs: Mapping[str, Path]
     return method
 
 
+def seed_globals(seed: int, step: int) -> None:
+    """Seed torch's, NumPy's and Python's global generators from (seed, step) before each step.
+    Whatever a method draws from them (dropout, a plugin's torch.rand) is then the same after a
+    resume without saving generator state, which would depend on the process's history (loader
+    iterators draw seeds from it) and make a resumed train state differ from an uninterrupted one."""
+    value = int.from_bytes(hashlib.sha256(f"{seed}:{step}".encode()).digest()[:4], "little")
+    torch.manual_seed(value)
+    np.random.seed(value)
+    random.seed(value)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and every loss term."""
+
+
 def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], manifest_extra: dict[str, Any],
-             info: DistInfo, inputs: Mapping[str, Path] | None = None) -> dict[str, Any]:
+             info: DistInfo, inputs: Mapping[str, Path] | None = None,
+             run_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume) `cfg`'s method on `image_paths` (with the earlier stages' `inputs`);
-    export the artifact; return its manifest."""
+    export the artifact (`manifest_extra` joins its manifest, `run_extra` its run.json sidecar);
+    return its manifest."""
     artifact_dir = Path(artifact_dir)
     t = cfg.train
     if t.batch_size % info.world_size:
@@ -92,7 +112,6 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
         step, unreadable = state["step"], set(state["unreadable"])
     if info.is_main:
         write_config(artifact_dir, cfg)
@@ -100,11 +119,15 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
     if step:
         log.event("resume", step=step)
 
+    saved_step = step if state_path.exists() else None  # the step of the checkpoint on disk
+
     def checkpoint() -> None:
+        nonlocal saved_step
         if info.is_main:
-            save_train_state(state_path, {
+            save_torch(state_path, {
                 "model": method.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "rng": rng_state(), "step": step, "unreadable": sorted(unreadable), "config_hash": config_hash(cfg)})
+                "step": step, "unreadable": sorted(unreadable), "config_hash": config_hash(cfg)})
+        saved_step = step
         barrier(info)
 
     start_time, start_step, window_start = time.perf_counter(), step, time.perf_counter()
@@ -122,6 +145,7 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
                 if batch is None:
                     raise RuntimeError(f"every image of a batch was unreadable ({len(bad)} images, e.g. "
                                        f"{image_paths[bad[0]]}); check the dataset")
+                seed_globals(t.seed, step)
                 lr = lr_at(step, max_steps, warmup_steps, peak_lr, cfg.optim.final_lr_fraction)
                 set_lr(optimizer, lr)
                 progress = Progress(step, max_steps, epoch)
@@ -129,6 +153,12 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
                 autocast = torch.autocast(info.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
                 with autocast:
                     losses = model(batch, progress)
+                if not torch.isfinite(losses["loss"].detach()):  # one host sync per step, as DINO does
+                    raise TrainingDiverged(
+                        f"{cfg.method['name']}: the loss is not finite at step {step + 1} of {max_steps} (epoch "
+                        f"{epoch}): " + ", ".join(f"{k}={v.detach().float().item():.6g}" for k, v in losses.items())
+                        + f". Stopped before the update; the last checkpoint ({state_path}, step {saved_step}) is "
+                        "intact. Try a lower optim.lr, more optim.warmup_epochs or train.amp=off.")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(losses["loss"]).backward()
                 scaler.step(optimizer)
@@ -145,22 +175,24 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
                     window_start = now
                 if step % t.checkpoint_every_steps == 0 or step % spe == 0:
                     checkpoint()
+                fault_point("train.step")
     checkpoint()
     wall = time.perf_counter() - start_time
     log.close()
     manifest = {**manifest_extra, "method": cfg.method["name"], "config_hash": config_hash(cfg),
                 "arch": cfg.model.arch, "width": cfg.model.width, "epochs": t.epochs, "steps": max_steps,
                 "global_batch": t.batch_size, "unreadable_images": len(unreadable),
-                "train_wall_s_this_run": round(wall, 2), "steps_this_run": step - start_step,
-                "git_revision": git_revision(), "device": device_name(info.device),
-                "world_size": info.world_size, "sync_bn": info.distributed and cfg.train.sync_bn,
+                "git_revision": git_revision(), "world_size": info.world_size,
+                "sync_bn": info.distributed and cfg.train.sync_bn,
                 "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
-                "channels_last": t.channels_last, "torch": torch.__version__,
-                "torch_threads": threads, "loader_workers": t.num_workers}
+                "channels_last": t.channels_last, "torch": torch.__version__}
     if hasattr(dataset, "fallbacks"):  # counts of samples a dataset had to make up (e.g. ORL's)
         manifest["dataset_fallbacks"] = dataset.fallbacks
+    run_info = {**(run_extra or {}), "finished": now_iso(), "device": device_name(info.device),
+                "train_wall_s_this_run": round(wall, 2), "steps_this_run": step - start_step,
+                "torch_threads": threads, "loader_workers": t.num_workers}
     if info.is_main:
-        manifest = export_artifact(artifact_dir, method.backbone, manifest)
+        manifest = export_artifact(artifact_dir, method.backbone, manifest, run_info)
     barrier(info)
     return manifest
 

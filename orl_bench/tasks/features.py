@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 from orl_bench.config import FeatureConfig, config_hash
 from orl_bench.data.images import UnreadableImageError, read_rgb
 from orl_bench.data.views import normalize
+from orl_bench.faults import fault_point
 from orl_bench.io import atomic_write_json, save_npy
 from orl_bench.models.backbones import ResNet
 
@@ -110,12 +111,13 @@ class FeatureCache:
             cfg: FeatureConfig, device: torch.device) -> Features:
         folder = self.folder(artifact_sha, dataset_key, cfg)
         missing = [layer for layer in cfg.layers if not (folder / f"{layer}.npy").exists()]
-        if missing:
-            fresh = compute_features(backbone, paths, tuple(missing), cfg, device)
+        if missing or not (folder / "valid.npy").exists():  # valid.npy last: a killed write left it out
+            fresh = compute_features(backbone, paths, tuple(missing or cfg.layers[:1]), cfg, device)
             for layer, array in fresh.by_layer.items():
                 save_npy(folder / f"{layer}.npy", array)
-            save_npy(folder / "valid.npy", fresh.valid)
+                fault_point("features.layer")
             atomic_write_json(folder / "meta.json", {"images": len(paths), "dataset": dataset_key})
+            save_npy(folder / "valid.npy", fresh.valid)
         by_layer = {layer: np.load(folder / f"{layer}.npy") for layer in cfg.layers}
         valid = np.load(folder / "valid.npy")
         if any(len(a) != len(paths) for a in by_layer.values()) or len(valid) != len(paths):

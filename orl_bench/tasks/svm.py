@@ -35,6 +35,8 @@ from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 
+from orl_bench.faults import fault_point
+
 # Official grid, in the official order (it decides ties): "1.0,10.0,100.0" plus 0.5**k, k = 4..19.
 OFFICIAL_COSTS: tuple[float, ...] = (1.0, 10.0, 100.0) + tuple(0.5**k for k in range(4, 20))
 
@@ -333,9 +335,11 @@ def evaluate_voc07(
             raise ValueError(f"class {c}: the train split {problem}")
         if not (yte[:, c] == 1).any():
             raise ValueError(f"class {c}: the test split has no positive (label 1) rows")
-    fits = Parallel(n_jobs=n_jobs)(
-        delayed(fit_class)(xtr, ytr[:, c], costs, folds) for c in range(num_classes)
-    )
+    fits = []
+    for fit in Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(fit_class)(xtr, ytr[:, c], costs, folds) for c in range(num_classes)):
+        fits.append(fit)
+        fault_point("svm.class")
     aps = tuple(voc_ap(fit.decision_function(xte), yte[:, c]) for c, fit in enumerate(fits))
     return SvmResult(
         ap=aps,
@@ -379,3 +383,4 @@ def sample_low_shot(
             parts.append(gen.choice(pool, size=count, replace=False))
         drawn[c] = np.sort(np.concatenate(parts))
     return drawn
+

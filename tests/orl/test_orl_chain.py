@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,12 +14,13 @@ from orl_bench import pipeline
 from orl_bench.cli import main
 from orl_bench.config import ConfigError, recipe_root
 from orl_bench.data.sources import pretrain_images
-from orl_bench.engine.checkpoint import read_manifest
+from orl_bench.engine.checkpoint import read_manifest, read_run_info
 from orl_bench.engine.distributed import DistInfo
 from orl_bench.methods.orl.correspondence import Correspondences
 from orl_bench.methods.orl.method import ORL
 from orl_bench.results.figures import correspondence_grid
 from orl_bench.results.paper import load_reference
+from tests.conftest import content_files
 
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
 FAST = ["train.epochs=1"]  # every stage of the tiny chain for one epoch
@@ -54,10 +54,10 @@ def test_stage1_is_the_byol_artifact_and_every_stage_is_reused(built_copy, built
     byol_cfg = pipeline.load_pretrain_config("byol", "tiny", FAST)
     byol_dir = pipeline.artifact_dir(workdir, byol_cfg)
     manifest = read_manifest(folder)
-    corr_path = manifest["inputs"]["correspondences"]["path"]
+    corr_path = workdir / manifest["inputs"]["correspondences"]["path"]  # relative to the work directory
     c = Correspondences.load(corr_path)
     assert c.info["stage1_backbone_sha256"] == read_manifest(byol_dir)["backbone_sha256"]
-    assert manifest["method"] == "orl" and manifest["stages"]["stage2_reused"] is False
+    assert manifest["method"] == "orl" and read_run_info(folder)["stages"]["stage2_reused"] is False
     assert manifest["dataset_fallbacks"]["images"] == len(c)
     assert set(timings["stage2_steps_s"]) >= {"embeddings", "knn", "proposals", "boxes", "roi_embeddings", "pairs"}
 
@@ -70,7 +70,7 @@ def test_stage1_is_the_byol_artifact_and_every_stage_is_reused(built_copy, built
     # stage-2 settings: a new correspondence folder and stage-3 artifact, the same stage 1
     other = build(workdir, FAST + ["method.stage2.knn_k=2"])
     assert other[1] != folder and other[2]["stage1"]["pretrain_reused"] and not other[2]["stage2_reused"]
-    assert Correspondences.load(read_manifest(other[1])["inputs"]["correspondences"]["path"]).knn.shape[1] == 2
+    assert Correspondences.load(workdir / read_manifest(other[1])["inputs"]["correspondences"]["path"]).knn.shape[1] == 2
 
     # a stage-3-only option keeps stages 1 and 2
     weights = build(workdir, FAST + ["method.inter_weight=0"])
@@ -78,9 +78,20 @@ def test_stage1_is_the_byol_artifact_and_every_stage_is_reused(built_copy, built
 
 
 def _copied_corr(workdir, folder):
-    """The correspondence file of the copied chain (its manifest names the original's path)."""
-    return workdir / "artifacts" / Path(read_manifest(folder)["inputs"]["correspondences"]["path"]).parent.name \
-        / "correspondences.npz"
+    """The correspondence file of the copied chain."""
+    return workdir / read_manifest(folder)["inputs"]["correspondences"]["path"]
+
+
+def test_the_chain_in_another_work_directory_gives_the_same_bytes(built, tmp_path, tiny_data):
+    """Artifacts are keyed by their inputs' sha256: no path, time or host may leak into them."""
+    home = tmp_path / "elsewhere"
+    home.mkdir()
+    (home / "data").symlink_to(tiny_data, target_is_directory=True)
+    assert build(home)[1].name == built[1].name
+    theirs, ours = content_files(built[0]), content_files(home)
+    assert any(f.endswith("correspondences.npz") for f in ours) and any(f.endswith("backbone.safetensors")
+                                                                      for f in ours)
+    assert [f for f, sha in ours.items() if theirs.get(f) != sha] == []
 
 
 def test_a_rebuilt_correspondence_file_gives_a_new_stage3_artifact(built_copy):
@@ -97,7 +108,7 @@ def test_seed_overrides_reach_stage1(workdir):
     overrides = FAST + ["train.seed=3"]
     cfg, folder, _ = build(workdir, overrides)
     byol_seed3 = pipeline.artifact_dir(workdir, pipeline.load_pretrain_config("byol", "tiny", overrides))
-    stage1_sha = Correspondences.load(read_manifest(folder)["inputs"]["correspondences"]["path"]).info[
+    stage1_sha = Correspondences.load(workdir / read_manifest(folder)["inputs"]["correspondences"]["path"]).info[
         "stage1_backbone_sha256"]
     assert read_manifest(byol_seed3)["backbone_sha256"] == stage1_sha
 

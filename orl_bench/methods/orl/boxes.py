@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from orl_bench.io import atomic_write
+from orl_bench.io import save_npz
 
 FALLBACKS = ("largest", "first")
 
@@ -92,11 +92,8 @@ def filter_boxes(raw_xywh: np.ndarray, f: BoxFilter) -> np.ndarray:
 
 def save_boxes(path: Path, boxes: list[np.ndarray]) -> None:
     """Per-image box arrays to one .npz (counts + concatenated rows), atomically."""
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: numpy would append .npz to a name
-            np.savez(f, counts=np.array([len(b) for b in boxes], np.int64),
-                     boxes=np.concatenate(boxes or [np.zeros((0, 4), np.float32)]))
-    atomic_write(path, write)
+    save_npz(path, {"counts": np.array([len(b) for b in boxes], np.int64),
+                    "boxes": np.concatenate(boxes or [np.zeros((0, 4), np.float32)])})
 
 
 def load_boxes(path: Path) -> list[np.ndarray]:

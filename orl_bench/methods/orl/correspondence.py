@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from orl_bench.io import atomic_write, atomic_write_text
+from orl_bench.io import atomic_write_text, save_npz
 
 FORMAT_VERSION = 1
 OFFICIAL_INFO_KEYS = ("bbox_min_size", "bbox_max_aspect_ratio", "bbox_max_iou", "intra_bbox_num",
@@ -157,11 +157,7 @@ class Correspondences:
             "pairs": pairs.astype(np.uint16 if small else np.int64),
             "info": np.asarray(json.dumps(self.info, sort_keys=True)),
         }
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:  # a file object: numpy would append .npz to a name
-                np.savez_compressed(f, **arrays)
-        atomic_write(path, write)
+        save_npz(path, arrays, compressed=True)
 
     @classmethod
     def load(cls, path: Path, n_images: int | None = None,

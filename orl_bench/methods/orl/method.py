@@ -33,7 +33,7 @@ from orl_bench.methods.base import Progress, StageContext
 from orl_bench.methods.byol import BYOL
 from orl_bench.methods.orl.correspondence import Correspondences
 from orl_bench.methods.orl.dataset import ORLDataset
-from orl_bench.methods.orl.stage2 import ARTIFACT, OFFICIAL_PREFIX, Stage2Params, discover, folder_name
+from orl_bench.methods.orl.stage2 import ARTIFACT, OFFICIAL_PREFIX, TIMINGS, Stage2Params, discover, folder_name
 from orl_bench.models.heads import MLP
 from orl_bench.registry import METHODS
 
@@ -95,7 +95,7 @@ class ORL(BYOL):
         done = (folder / ARTIFACT).exists()
         proposals = ctx.workdir / "artifacts" / f"proposals-{ctx.images.key}"  # shared by every stage 1, K, ratio
         path = discover(stage1_dir, ctx.images.paths, ctx.images.coco or None, p.stage2, folder, ctx.info, proposals)
-        steps = folder / "stage2_timings.json"
+        steps = folder / TIMINGS
         stage2 = {"stage2_s": round(time.perf_counter() - t0, 2), "stage2_reused": done,
                   "stage2_steps_s": json.loads(steps.read_text())["timings"] if steps.exists() else {}}
         return {"correspondences": path}, {"stage1": stage1_timings, **stage2}

@@ -24,6 +24,7 @@ import numpy as np
 from orl_bench.data.coco import CocoDataset
 from orl_bench.data.images import UnreadableImageError, read_rgb
 from orl_bench.engine.distributed import DistInfo
+from orl_bench.faults import fault_point
 from orl_bench.io import atomic_write_json, save_npy
 
 _PER_FOLDER = 1000  # files per sub-folder: 118k files in one folder is slow on many filesystems
@@ -103,10 +104,11 @@ def compute_proposals(paths: list[Path], store_dir: Path, workers: int, rank: in
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
             for _ in pool.imap_unordered(_compute_one, jobs, chunksize=1):
-                pass
+                fault_point("stage2.proposals")
     else:
         for job in jobs:
             _compute_one(job)
+            fault_point("stage2.proposals")
     return [i for i in share if len(store.load(i)) == 0]
 
 

@@ -15,8 +15,9 @@ pair retrieval and the artifact. The folder holds:
   boxes.npz            the filtered boxes of every image (flat float32 xywh + counts)
   roi/<position>.npy   (B_i, C) RoI embeddings, each image embedded once
   correspondences.npz  the artifact (Correspondences), written last
-  stage2_timings.json  seconds per step of the run that wrote the artifact (steps found
-                       cached are absent), with the counts also kept in the artifact's info
+  stage2_timings.json  the sidecar: seconds per step of the run that wrote the artifact (steps
+                       found cached are absent), RoI forwards done by that run, world size;
+                       nothing of it is in the artifact, whose bytes depend on its inputs alone
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from orl_bench.data.images import UnreadableImageError, read_rgb
 from orl_bench.data.views import normalize
 from orl_bench.engine.checkpoint import TRAIN_STATE, is_complete, load_train_state, read_manifest
 from orl_bench.engine.distributed import DistInfo, barrier
+from orl_bench.faults import fault_point
 from orl_bench.io import atomic_write_json, save_npy
 from orl_bench.methods.base import Method
 from orl_bench.methods.orl.boxes import BoxFilter, filter_boxes, load_boxes, save_boxes, scaled
@@ -55,6 +57,7 @@ from orl_bench.models.backbones import ResNet
 from orl_bench.registry import METHODS
 
 ARTIFACT = "correspondences.npz"
+TIMINGS = "stage2_timings.json"  # the sidecar: how the run that wrote ARTIFACT went
 OFFICIAL_PREFIX = "official:"
 # Our parameter names -> the official info keys (docs/protocols.md 2.7); the others keep our names.
 OFFICIAL_NAMES = {"min_size": "bbox_min_size", "max_aspect_ratio": "bbox_max_aspect_ratio",
@@ -225,6 +228,7 @@ def embed_images(backbone: ResNet, paths: list[Path], boxes: list[np.ndarray], p
         for (i, crops), rows in zip(pending, np.split(emb, np.cumsum([len(c) for _, c in pending])[:-1]),
                                     strict=True):
             save_npy(roi_path(out_dir, i), rows)
+            fault_point("stage2.roi")
         pending.clear()
 
     with ForwardCounter(backbone) as counter:
@@ -304,9 +308,11 @@ def discover(stage1_dir: Path, paths: list[Path], coco: list[CocoDataset] | None
             emb, sizes = embed_bank(online, paths, params, info.device)
             save_npy(files["image_sizes.npy"], sizes)
             save_npy(files["embeddings.npy"], emb)
+        fault_point("stage2.step")
     if info.is_main and not files["knn.npy"].exists():
         with _timed(timings, "knn"):
             save_npy(files["knn.npy"], knn(np.load(files["embeddings.npy"]), params.knn_k))
+        fault_point("stage2.step")
     if params.box_source == "selective_search" and not files["boxes.npz"].exists():
         with _timed(timings, "proposals"):
             shared_proposals(proposal_dir, paths, params.workers, info)
@@ -315,6 +321,7 @@ def discover(stage1_dir: Path, paths: list[Path], coco: list[CocoDataset] | None
         with _timed(timings, "boxes"):
             raw = _raw_boxes(params, n, coco, proposal_dir)
             save_boxes(files["boxes.npz"], filtered_boxes(raw, np.load(files["image_sizes.npy"]), params))
+        fault_point("stage2.step")
     barrier(info)
     boxes = load_boxes(files["boxes.npz"])
     todo = [i for i in range(info.rank, n, info.world_size) if not roi_path(out_dir, i).exists()]
@@ -330,14 +337,16 @@ def discover(stage1_dir: Path, paths: list[Path], coco: list[CocoDataset] | None
         sizes = np.load(files["image_sizes.npy"])
         unreadable = np.flatnonzero(sizes[:, 0] == 0).tolist()
         ids = [im.id for s in coco for im in s.images] if coco else list(range(n))
-        meta = {**params.info(), "stage1": str(stage1_dir), "stage1_backbone_sha256": stage1_sha,
+        # what the pairs were mined from and what came of it; the artifact is keyed by this file's
+        # sha256, so how this run went (timings, ranks, work done after a resume) goes to the sidecar
+        meta = {**params.info(), "stage1": Path(stage1_dir).name, "stage1_backbone_sha256": stage1_sha,
                 "unreadable_images": len(unreadable), "unreadable_positions": unreadable,
-                "kept_boxes": int(sum(len(b) for b in boxes)), "roi_forward_images": forwards,
-                "world_size": info.world_size}
+                "kept_boxes": int(sum(len(b) for b in boxes))}
         with _timed(timings, "save"):
-            c = Correspondences(ids, names, boxes, neighbours, pairs, {**meta, "timings": timings})
+            c = Correspondences(ids, names, boxes, neighbours, pairs, meta)
             c.validate(n_images=n, image_sizes=[tuple(s) for s in sizes.tolist()])
             c.save(final)
-        atomic_write_json(out_dir / "stage2_timings.json", {**meta, "timings": timings})
+        atomic_write_json(out_dir / TIMINGS, {**meta, "roi_forward_images": forwards, "world_size": info.world_size,
+                                              "timings": timings})
     barrier(info)
     return final
