@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 
 from orl_bench.config import volatile
 from orl_bench.data.sources import voc07
+from orl_bench.data.voc import VOC2007
+from orl_bench.registry import TASKS
 from orl_bench.results.records import CHANCE
 from orl_bench.tasks.base import BackboneRef, Task
-from orl_bench.tasks.features import FeatureCache
+from orl_bench.tasks.features import FeatureCache, Features
 from orl_bench.tasks.svm import OFFICIAL_COSTS, chance_ap, evaluate_voc07, normalize_rows
-from orl_bench.registry import TASKS
 
 
 @dataclass(frozen=True)
@@ -22,44 +24,64 @@ class VOC07SVMParams:
     n_jobs: int = volatile(2)  # classes run in parallel processes; results do not depend on it
 
 
+@dataclass(frozen=True)
+class VOC07Split:
+    """One VOC07 split's labels and cached features, rows of unreadable images dropped."""
+    voc: VOC2007
+    features: Features
+
+    def x(self, layer: str) -> np.ndarray:
+        return normalize_rows(self.features.by_layer[layer][self.features.valid])
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.voc.labels[self.features.valid]
+
+
+def voc07_splits(task: Task, ref: BackboneRef) -> tuple[VOC07Split, VOC07Split, str]:
+    """trainval and test of the task's VOC07 data with `ref`'s cached features, and the dataset
+    name records carry; shared by the full and the low-shot SVM tasks."""
+    cache = FeatureCache(task.workdir / "features")
+    splits, key = {}, ""
+    for split in ("trainval", "test"):
+        voc, key = voc07(task.cfg.data, task.workdir, split)
+        splits[split] = VOC07Split(voc, cache.get(ref.backbone, ref.sha256, key, voc.paths, task.cfg.features,
+                                                  task.device))
+    train, test = splits["trainval"], splits["test"]
+    if train.voc.classes != test.voc.classes:
+        raise ValueError(f"trainval and test class lists differ: {train.voc.classes} vs {test.voc.classes}")
+    return train, test, key.rsplit("-", 1)[0]
+
+
+def chance_record(test: VOC07Split, dataset: str) -> dict[str, Any]:
+    """The floor mAP rows are read against; a row naming its own method is not the backbone's."""
+    chance = chance_ap(test.y)
+    return {"method": CHANCE, "metric": "mAP", "value": round(100 * float(chance.mean()), 4), "layer": None,
+            "dataset": dataset, "protocol": "chance: per class the test positive rate, ignore rows dropped",
+            "per_class_ap": {c: round(100 * ap, 3) for c, ap in zip(test.voc.classes, chance)},
+            "images": {"test": int(test.features.valid.sum())}}
+
+
 @TASKS.register("voc07_svm")
 class VOC07SVM(Task):
     Params = VOC07SVMParams
 
     def evaluate(self, ref: BackboneRef) -> list[dict[str, Any]]:
-        cache = FeatureCache(self.workdir / "features")
-        splits = {}
-        for split in ("trainval", "test"):
-            voc, key = voc07(self.cfg.data, self.workdir, split)
-            feats = cache.get(ref.backbone, ref.sha256, key, voc.paths, self.cfg.features, self.device)
-            splits[split] = (voc, feats, key)
-        (train_voc, train_f, train_key), (test_voc, test_f, _) = splits["trainval"], splits["test"]
-        if train_voc.classes != test_voc.classes:
-            raise ValueError(f"trainval and test class lists differ: {train_voc.classes} vs {test_voc.classes}")
-        dataset = train_key.rsplit("-", 1)[0]
+        train, test, dataset = voc07_splits(self, ref)
+        train_f, test_f = train.features, test.features
         records = []
         for layer in self.cfg.features.layers:
-            result = evaluate_voc07(
-                normalize_rows(train_f.by_layer[layer][train_f.valid]), train_voc.labels[train_f.valid],
-                normalize_rows(test_f.by_layer[layer][test_f.valid]), test_voc.labels[test_f.valid],
-                costs=self.params.costs, folds=self.params.folds, n_jobs=self.params.n_jobs)
+            result = evaluate_voc07(train.x(layer), train.y, test.x(layer), test.y,
+                                    costs=self.params.costs, folds=self.params.folds, n_jobs=self.params.n_jobs)
             records.append({
                 "metric": "mAP", "value": round(result.map, 4), "layer": layer,
                 "feature_dim": int(train_f.by_layer[layer].shape[1]),
                 "dataset": dataset,
                 "protocol": "official: 3-fold CV per class over the cost grid, VOC2010+ AP",
-                "per_class_ap": {c: round(100 * ap, 3) for c, ap in zip(train_voc.classes, result.ap)},
-                "best_cost": dict(zip(train_voc.classes, result.best_cost)),
+                "per_class_ap": {c: round(100 * ap, 3) for c, ap in zip(train.voc.classes, result.ap)},
+                "best_cost": dict(zip(train.voc.classes, result.best_cost)),
                 "svm_unconverged_fits": result.unconverged,
                 "images": {"trainval": int(train_f.valid.sum()), "test": int(test_f.valid.sum())},
                 "unreadable_images": train_f.unreadable + test_f.unreadable,
             })
-        # The floor the mAP rows are read against; a row naming its own method is not the backbone's.
-        chance = chance_ap(test_voc.labels[test_f.valid])
-        records.append({
-            "method": CHANCE, "metric": "mAP", "value": round(100 * float(chance.mean()), 4), "layer": None,
-            "dataset": dataset, "protocol": "chance: per class the test positive rate, ignore rows dropped",
-            "per_class_ap": {c: round(100 * ap, 3) for c, ap in zip(test_voc.classes, chance)},
-            "images": {"test": int(test_f.valid.sum())},
-        })
-        return records
+        return records + [chance_record(test, dataset)]

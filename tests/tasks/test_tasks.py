@@ -1,0 +1,25 @@
+"""Every registered task, built in or a plugin, runs through `orl-bench run` on the tiny recipe:
+records with a value and the pipeline's provenance, the task's chance row where it has one, and a
+second run that reuses them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orl_bench.registry import TASKS
+from orl_bench.results.records import REQUIRED, load_records
+from tests.conftest import run_main
+
+
+@pytest.mark.parametrize("task", TASKS.names())
+def test_every_task_runs_on_the_tiny_recipe_and_is_reused(task, capsys, workdir):
+    args = ("run", "--method", "byol", "--recipe", "tiny", "--task", task, "--workdir", str(workdir),
+            "--set", "train.epochs=1")
+    run_main(capsys, *args)
+    records = [r for r in load_records(workdir) if r["task"] == task]
+    byol = [r for r in records if r["method"] == "byol"]
+    assert byol and all(set(REQUIRED) <= set(r) and isinstance(r["value"], float) for r in records)
+    again = run_main(capsys, *args)
+    assert json.loads(again.split("timings: ")[1].splitlines()[0])["eval_reused"] is True
+    assert len([r for r in load_records(workdir) if r["task"] == task]) == len(records)
