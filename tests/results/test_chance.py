@@ -44,11 +44,11 @@ def record(method, value, layer="res5", seed=0, task="voc07_svm"):
 def test_report_puts_the_chance_row_first_in_its_task_and_counts_no_seed():
     records = [record("byol", 30.0), record("byol", 32.0, seed=1), record("byol", 31.0, layer="res5_gap"),
                record("random", 20.0), record("chance", 12.5, layer=None, seed=None),
-               record("byol", 20.0, task="voc07_lowshot_svm"),
-               record("chance", 10.0, layer=None, seed=None, task="voc07_lowshot_svm")]
+               record("byol", 20.0, task="voc07_lowshot"),
+               record("chance", 10.0, layer=None, seed=None, task="voc07_lowshot")]
     rows = summarize(records, load_reference())
     assert [(r["task"], r["method"]) for r in rows] == [
-        ("voc07_lowshot_svm", "chance"), ("voc07_lowshot_svm", "byol"), ("voc07_svm", "chance"),
+        ("voc07_lowshot", "chance"), ("voc07_lowshot", "byol"), ("voc07_svm", "chance"),
         ("voc07_svm", "byol"), ("voc07_svm", "random"), ("voc07_svm", "byol")]  # then by layer (res5_gap)
     chance = rows[2]
     assert chance["n"] == 1 and chance["seeds"] == [] and chance["paper"] is None
