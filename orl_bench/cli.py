@@ -28,7 +28,7 @@ from orl_bench.methods.orl.pair_quality import pair_quality
 from orl_bench.io import atomic_write_text, warn_skipped
 from orl_bench.registry import METHODS, TASKS, RegistryError
 from orl_bench.results import diagnose
-from orl_bench.results.figures import correspondence_grid, learning_curves, result_bars
+from orl_bench.results.figures import correspondence_grid, learning_curves, low_shot_curves, result_bars
 from orl_bench.results.paper import load_reference
 from orl_bench.results.records import read_records, records_path
 from orl_bench.results.report import summarize, to_csv, to_markdown
@@ -157,6 +157,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.curves:
         learning_curves(rows, Path(args.curves), args.layer)
         print(f"wrote {args.curves}")
+    if args.lowshot:
+        low_shot_curves(rows, Path(args.lowshot), args.layer)
+        print(f"wrote {args.lowshot}")
     return 0
 
 
@@ -287,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", help="also draw the rows as a bar chart (mean ± std, chance line) to this PNG")
     p.add_argument("--curves", help="also draw the rows against pretraining epochs (one line per method setting, "
                    "random and chance as levels) to this PNG: does a method's lead hold as training grows?")
+    p.add_argument("--lowshot", help="also draw low-shot rows against k (one line per method setting, a band of "
+                   "1 std over seeds, chance as a level) to this PNG: Table 2 as a plot")
     p.add_argument("--layer", default="res5", help="the layer the figures show")
     p.add_argument("--records", nargs="+", help="read these JSON-lines record files (e.g. the committed ones under "
                    "results/) instead of the work directory's record store")

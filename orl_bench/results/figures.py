@@ -1,7 +1,8 @@
 """Figures a researcher wants to look at; each is a PNG written atomically.
 
 `result_bars` draws a report's rows as bars with error bars beside the chance level;
-`learning_curves` draws them against pretraining epochs, one line per method setting.
+`learning_curves` draws them against pretraining epochs, one line per method setting;
+`low_shot_curves` against the labelled images per class k (Table 2 as a plot).
 `correspondence_grid` is the paper's Figure 3: ORL's stage-2 RoI pairs across images. Each row is
 one query image: the image and its nearest neighbour that holds pairs, with the top-ranked pairs
 (pairs are stored by decreasing RoI similarity) drawn in matching colours, then the crops of each
@@ -119,7 +120,8 @@ def learning_curves(rows: list[dict], out: Path, layer: str = "res5") -> int:
     """`orl-bench report` rows against pretraining epochs: one line per (method, variant) over its
     epoch counts (mean with a 1-std error bar), random initialisation (epochs 0) and chance as
     horizontal lines. An ORL row's epochs are its stage 3's. Returns the lines drawn."""
-    panels = {k: v for k, v in _panels(rows, layer).items() if any(r["epochs"] for r in v)}
+    panels = {key: items for key, items in _panels(rows, layer).items()  # low-shot rows: low_shot_curves
+              if any(r["epochs"] for r in items) and all(r["k"] is None for r in items)}
     if not panels:
         raise ValueError(f"no report rows with pretraining epochs at layer {layer} to draw")
     fig = Figure(figsize=(7.5, 4.2 * len(panels)))
@@ -146,6 +148,44 @@ def learning_curves(rows: list[dict], out: Path, layer: str = "res5") -> int:
         ax.set_xlabel("pretraining epochs (ORL: stage 3's)")
         ax.set_ylabel(f"{metric} ({layer})")
         ax.set_title(f"{task} on {dataset}: mean ± std over seeds", fontsize=8)
+        ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return drawn
+
+
+def low_shot_curves(rows: list[dict], out: Path, layer: str = "res5") -> int:
+    """`orl-bench report` rows of a low-shot task against k: one line per (method, recipe, epochs,
+    variant), mean over pretraining seeds with a band of 1 std; chance as a horizontal line.
+    Each row's value is already the mean over the task's draws. Returns the lines drawn."""
+    panels = {key: items for key, items in _panels(rows, layer).items() if any(r["k"] is not None for r in items)}
+    if not panels:
+        raise ValueError(f"no low-shot report rows (with k) at layer {layer} to draw")
+    fig = Figure(figsize=(7.5, 4.2 * len(panels)))
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    drawn = 0
+    for ax, ((task, metric, dataset), items) in zip(axes, panels.items()):
+        lines: dict[tuple, list[dict]] = {}
+        for r in items:
+            if r["method"] == CHANCE:
+                ax.axhline(r["mean"], color="k", linestyle="--", linewidth=1, label=f"chance {r['mean']:.1f}")
+            elif r["k"] is not None:
+                lines.setdefault((r["method"], r["recipe"], r["epochs"], r["variant"]), []).append(r)
+        ks = sorted({r["k"] for v in lines.values() for r in v})
+        for i, ((method, recipe, epochs, variant), points) in enumerate(sorted(lines.items(), key=str)):
+            points.sort(key=lambda r: r["k"])
+            x, mean = [r["k"] for r in points], [r["mean"] for r in points]
+            colour = COLOURS[i % len(COLOURS)]
+            ax.plot(x, mean, marker="o", color=colour, label=f"{method} ({recipe}, {epochs} ep"
+                    + (f", {variant}" if variant else "") + f", n={points[0]['n']})")
+            ax.fill_between(x, [m - r["std"] for m, r in zip(mean, points)],
+                            [m + r["std"] for m, r in zip(mean, points)], color=colour, alpha=0.15)
+            drawn += 1
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("labelled images per class (k)")
+        ax.set_ylabel(f"{metric} ({layer})")
+        ax.set_title(f"{task} on {dataset}: mean over pretraining seeds, band 1 std", fontsize=8)
         ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
     atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
