@@ -11,9 +11,11 @@ pair side by side, the crops that stage 3 turns into its inter-RoI patches.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 # matplotlib's object API, not pyplot: no global figure state and no display backend needed
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -116,6 +118,24 @@ def _panels(rows: list[dict], layer: str) -> dict[tuple, list[dict]]:
     return {k: v for k, v in panels.items() if any(r["method"] != CHANCE for r in v)}
 
 
+def _line_panels(panels: dict[tuple, list[dict]], out: Path, layer: str, title: str,
+                 draw: Callable[[Axes, list[dict]], int]) -> int:
+    """One panel per (task, metric, dataset) on a log2 x axis; `draw` fills a panel and returns
+    the lines it drew. Writes the PNG and returns the lines drawn in all."""
+    fig = Figure(figsize=(7.5, 4.2 * len(panels)))
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    drawn = 0
+    for ax, ((task, metric, dataset), items) in zip(axes, panels.items()):
+        ax.set_xscale("log", base=2)  # before `draw` sets the ticks, which the scale would reset
+        drawn += draw(ax, items)
+        ax.set_ylabel(f"{metric} ({layer})")
+        ax.set_title(f"{task} on {dataset}: {title}", fontsize=8)
+        ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return drawn
+
+
 def learning_curves(rows: list[dict], out: Path, layer: str = "res5") -> int:
     """`orl-bench report` rows against pretraining epochs: one line per (method, variant) over its
     epoch counts (mean with a 1-std error bar), random initialisation (epochs 0) and chance as
@@ -124,10 +144,8 @@ def learning_curves(rows: list[dict], out: Path, layer: str = "res5") -> int:
               if any(r["epochs"] for r in items) and all(r["k"] is None for r in items)}
     if not panels:
         raise ValueError(f"no report rows with pretraining epochs at layer {layer} to draw")
-    fig = Figure(figsize=(7.5, 4.2 * len(panels)))
-    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
-    drawn = 0
-    for ax, ((task, metric, dataset), items) in zip(axes, panels.items()):
+
+    def draw(ax: Axes, items: list[dict]) -> int:
         lines: dict[tuple, list[dict]] = {}
         for r in items:
             if r["method"] == CHANCE or not r["epochs"]:
@@ -136,22 +154,17 @@ def learning_curves(rows: list[dict], out: Path, layer: str = "res5") -> int:
                            label=f"{r['method']} {r['mean']:.1f}")
             else:
                 lines.setdefault((r["method"], r["variant"]), []).append(r)
-        epochs = sorted({r["epochs"] for v in lines.values() for r in v})
         for i, ((method, variant), points) in enumerate(sorted(lines.items())):
             points.sort(key=lambda r: r["epochs"])
             ax.errorbar([r["epochs"] for r in points], [r["mean"] for r in points], yerr=[r["std"] for r in points],
                         marker="o", capsize=3, color=COLOURS[i % len(COLOURS)],
                         label=method + (f" ({variant})" if variant else ""))
-            drawn += 1
-        ax.set_xscale("log", base=2)
+        epochs = sorted({r["epochs"] for v in lines.values() for r in v})
         ax.set_xticks(epochs, [str(e) for e in epochs])
         ax.set_xlabel("pretraining epochs (ORL: stage 3's)")
-        ax.set_ylabel(f"{metric} ({layer})")
-        ax.set_title(f"{task} on {dataset}: mean ± std over seeds", fontsize=8)
-        ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    return drawn
+        return len(lines)
+
+    return _line_panels(panels, out, layer, "mean ± std over seeds", draw)
 
 
 def low_shot_curves(rows: list[dict], out: Path, layer: str = "res5") -> int:
@@ -161,17 +174,14 @@ def low_shot_curves(rows: list[dict], out: Path, layer: str = "res5") -> int:
     panels = {key: items for key, items in _panels(rows, layer).items() if any(r["k"] is not None for r in items)}
     if not panels:
         raise ValueError(f"no low-shot report rows (with k) at layer {layer} to draw")
-    fig = Figure(figsize=(7.5, 4.2 * len(panels)))
-    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
-    drawn = 0
-    for ax, ((task, metric, dataset), items) in zip(axes, panels.items()):
+
+    def draw(ax: Axes, items: list[dict]) -> int:
         lines: dict[tuple, list[dict]] = {}
         for r in items:
             if r["method"] == CHANCE:
                 ax.axhline(r["mean"], color="k", linestyle="--", linewidth=1, label=f"chance {r['mean']:.1f}")
             elif r["k"] is not None:
                 lines.setdefault((r["method"], r["recipe"], r["epochs"], r["variant"]), []).append(r)
-        ks = sorted({r["k"] for v in lines.values() for r in v})
         for i, ((method, recipe, epochs, variant), points) in enumerate(sorted(lines.items(), key=str)):
             points.sort(key=lambda r: r["k"])
             x, mean = [r["k"] for r in points], [r["mean"] for r in points]
@@ -180,13 +190,9 @@ def low_shot_curves(rows: list[dict], out: Path, layer: str = "res5") -> int:
                     + (f", {variant}" if variant else "") + f", n={points[0]['n']})")
             ax.fill_between(x, [m - r["std"] for m, r in zip(mean, points)],
                             [m + r["std"] for m, r in zip(mean, points)], color=colour, alpha=0.15)
-            drawn += 1
-        ax.set_xscale("log", base=2)
+        ks = sorted({r["k"] for v in lines.values() for r in v})
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("labelled images per class (k)")
-        ax.set_ylabel(f"{metric} ({layer})")
-        ax.set_title(f"{task} on {dataset}: mean over pretraining seeds, band 1 std", fontsize=8)
-        ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    return drawn
+        return len(lines)
+
+    return _line_panels(panels, out, layer, "mean over pretraining seeds, band 1 std", draw)
