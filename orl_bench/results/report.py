@@ -25,7 +25,9 @@ def _variant(record: dict[str, Any]) -> str:
 
 def _order(key: tuple) -> tuple:
     row = dict(zip(GROUP_KEYS, key))
-    return str(row["task"]), row["method"] != CHANCE, tuple(str(x) for x in key)
+    # numbers (k, epochs) in numeric order, so k = 2 comes before k = 16
+    return str(row["task"]), row["method"] != CHANCE, tuple(
+        (0, x, "") if isinstance(x, (int, float)) else (1, 0, str(x)) for x in key)
 
 
 def summarize(records: list[dict[str, Any]], paper: PaperReference) -> list[dict[str, Any]]:
