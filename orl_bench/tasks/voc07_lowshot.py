@@ -10,7 +10,8 @@ from typing import Any
 from orl_bench.config import volatile
 from orl_bench.registry import TASKS
 from orl_bench.tasks.base import BackboneRef, Task
-from orl_bench.tasks.svm import LOW_SHOT_PROTOCOLS, OFFICIAL_COSTS, evaluate_low_shot
+from orl_bench.tasks.lowshot_svm import LOW_SHOT_PROTOCOLS, evaluate_low_shot
+from orl_bench.tasks.svm import OFFICIAL_COSTS
 from orl_bench.tasks.voc07_svm import chance_record, voc07_splits
 
 PAPER_KS = (1, 2, 4, 8, 16, 32, 64, 96)

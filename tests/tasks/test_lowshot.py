@@ -7,7 +7,7 @@ import pytest
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.svm import LinearSVC
 
-from orl_bench.tasks.svm import evaluate_low_shot
+from orl_bench.tasks.lowshot_svm import evaluate_low_shot
 
 COSTS = (1.0, 0.1, 0.01)
 KS = (1, 2, 4)

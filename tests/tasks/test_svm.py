@@ -10,6 +10,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import cross_val_score
 from sklearn.svm import LinearSVC
 
+from orl_bench.tasks.lowshot_svm import sample_low_shot
 from orl_bench.tasks.svm import (
     OFFICIAL_COSTS,
     cv_ap,
@@ -18,7 +19,6 @@ from orl_bench.tasks.svm import (
     fit_fixed_cost,
     make_svm,
     normalize_rows,
-    sample_low_shot,
     train_labels,
     voc_ap,
 )
