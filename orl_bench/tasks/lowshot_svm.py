@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import delayed
 
-from orl_bench.faults import fault_point
-from orl_bench.tasks.svm import (NEGATIVES_PER_POSITIVE, OFFICIAL_COSTS, _check_cost, _fit, _labels, _split_arrays,
-                                 fit_class, train_labels, voc_ap)
+from orl_bench.tasks.svm import (NEGATIVES_PER_POSITIVE, OFFICIAL_COSTS, SVM_MAX_ITER, SVM_RANDOM_STATE,
+                                 SVM_TOL, _check_cost, _fit, _labels, _split_arrays, check_solver, fit_class,
+                                 ordered_jobs, train_labels, voc_ap)
+from orl_bench.tasks.svm_gram import augmented_gram, solve_path
 
 
 # ----------------------------------------------------------------------------- low-shot sampling
@@ -77,25 +78,38 @@ def low_shot_rng(seed: int, k: int, sample: int) -> np.random.Generator:
     return np.random.default_rng([seed, k, sample])
 
 
-def _low_shot_fits(xtr: np.ndarray, ytr: np.ndarray, rows: np.ndarray, xte: np.ndarray, yte: np.ndarray,
-                   costs: tuple[float, ...], folds: int | None) -> tuple[tuple[float, ...], float | None]:
-    """One (sample, k, class). folds None (official): the test AP at every cost. Otherwise the
-    cost chosen by `folds`-fold CV on the sampled rows, and the test AP of its refit (as a 1-tuple)."""
-    x, y = xtr[rows], ytr[rows]
-    if folds is None:
+@dataclass(frozen=True)
+class _Grams:
+    """The gram solver's kernels: train x train, and test x train for the test decision values."""
+    train: np.ndarray
+    test_train: np.ndarray
+
+
+def _cost_aps(xtr: np.ndarray, ytr: np.ndarray, rows: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+              costs: tuple[float, ...], grams: _Grams | None) -> tuple[float, ...]:
+    """Test AP of the SVM trained on `rows` at each cost, no CV (liblinear when `grams` is None)."""
+    y = train_labels(ytr[rows])
+    if grams is None:
         aps = []
         for cost in costs:
-            model, _ = _fit(x, train_labels(y), cost)
+            model, _ = _fit(xtr[rows], y, cost)
             aps.append(voc_ap(model.decision_function(xte), yte))
-        return tuple(aps), None
-    fit = fit_class(x, y, costs, folds)
+        return tuple(aps)
+    betas, _ = solve_path(grams.train[np.ix_(rows, rows)], y, costs, SVM_TOL, SVM_MAX_ITER, SVM_RANDOM_STATE)
+    scores = grams.test_train[:, rows] @ betas.T
+    return tuple(voc_ap(scores[:, i], yte) for i in range(len(costs)))
+
+
+def _low_shot_fits(xtr: np.ndarray, ytr: np.ndarray, rows: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+                   costs: tuple[float, ...], folds: int | None, grams: _Grams | None
+                   ) -> tuple[tuple[float, ...], float | None]:
+    """One (sample, k, class). folds None (official): the test AP at every cost. Otherwise the
+    cost chosen by `folds`-fold CV on the sampled rows, and the test AP of its refit (as a 1-tuple)."""
+    if folds is None:
+        return _cost_aps(xtr, ytr, rows, xte, yte, costs, grams), None
+    solver = "liblinear" if grams is None else "gram"
+    fit = fit_class(xtr[rows], ytr[rows], costs, folds, solver, None if grams is None else grams.train[np.ix_(rows, rows)])
     return (voc_ap(fit.decision_function(xte), yte),), fit.best_cost
-
-
-def _fixed_cost_ap(xtr: np.ndarray, ytr: np.ndarray, rows: np.ndarray, xte: np.ndarray, yte: np.ndarray,
-                   cost: float) -> float:
-    model, _ = _fit(xtr[rows], train_labels(ytr[rows]), cost)
-    return voc_ap(model.decision_function(xte), yte)
 
 
 def evaluate_low_shot(
@@ -110,6 +124,7 @@ def evaluate_low_shot(
     costs: tuple[float, ...] = OFFICIAL_COSTS,
     folds: int = 3,
     n_jobs: int | None = None,
+    solver: str = "gram",
 ) -> list[LowShotResult]:
     """docs/protocols.md 5.2 from features to the per-k mAP over `samples` draws.
 
@@ -118,9 +133,11 @@ def evaluate_low_shot(
     `cv`: per (sample, k, class) the cost is chosen by min(folds, k)-fold CV on the training
     sample alone; at k = 1 CV is impossible (one positive), so each (sample, class) takes the
     cost its draw at the smallest k >= 2 chose (that k is recorded as `cost_source_k`).
+    `solver` as `svm.fit_class`; with `gram` every draw's kernel is a block of one Gram matrix.
     """
     if protocol not in LOW_SHOT_PROTOCOLS:
         raise ValueError(f"unknown low-shot protocol '{protocol}'; expected one of {LOW_SHOT_PROTOCOLS}")
+    check_solver(solver)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     xtr, ytr = _split_arrays(train_x, train_y, "train")
@@ -136,12 +153,10 @@ def evaluate_low_shot(
     draws = {(k, s): sample_low_shot(ytr, k, low_shot_rng(seed, k, s)) for k in ks for s in range(samples)}
     fitted = [k for k in ks if protocol == "official" or k >= 2]
     jobs = [(k, s, c) for k in fitted for s in range(samples) for c in range(classes)]
-    out = {}
-    for job, result in zip(jobs, Parallel(n_jobs=n_jobs, return_as="generator")(
-            delayed(_low_shot_fits)(xtr, ytr[:, c], draws[k, s][c], xte, yte[:, c], costs,
-                                    None if protocol == "official" else min(folds, k)) for k, s, c in jobs)):
-        out[job] = result
-        fault_point("svm.class")
+    grams = _Grams(augmented_gram(xtr), augmented_gram(xte, xtr)) if solver == "gram" else None
+    out = dict(zip(jobs, ordered_jobs([delayed(_low_shot_fits)(xtr, ytr[:, c], draws[k, s][c], xte, yte[:, c], costs,
+                                                               None if protocol == "official" else min(folds, k), grams)
+                                       for k, s, c in jobs], n_jobs, solver)))
     results = []
     for k in fitted:
         if protocol == "official":
@@ -156,8 +171,9 @@ def evaluate_low_shot(
     if protocol == "cv" and ks[0] == 1:
         source = fitted[0]
         pairs = [(s, c) for s in range(samples) for c in range(classes)]
-        aps = Parallel(n_jobs=n_jobs)(delayed(_fixed_cost_ap)(xtr, ytr[:, c], draws[1, s][c], xte, yte[:, c],
-                                                              out[source, s, c][1]) for s, c in pairs)
+        aps = [ap for (ap,) in ordered_jobs([delayed(_cost_aps)(xtr, ytr[:, c], draws[1, s][c], xte, yte[:, c],
+                                                                (out[source, s, c][1],), grams) for s, c in pairs],
+                                            n_jobs, solver)]
         maps = tuple(100 * float(np.mean(aps[s * classes:(s + 1) * classes])) for s in range(samples))
         chosen = [out[source, s, c][1] for s, c in pairs]
         results.insert(0, LowShotResult(1, maps, None, {x: chosen.count(x) for x in sorted(set(chosen))}, source))

@@ -18,30 +18,37 @@ choices:
 - Test AP ties: scores are sorted with a stable sort, so tied rows keep their input order, as the
   VOC devkit's MATLAB ``sort`` does. (The official Python helper's ``argsort()[::-1]`` leaves the
   order of ties unspecified; with continuous SVM scores ties are rare.)
-- liblinear's shuffling RNG is one process-global Mersenne twister inside scikit-learn, so
-  concurrent fits in *threads* would interleave its draws and lose determinism: classes run in
-  joblib worker processes (loky), never threads.
+- Two solvers of that same problem (``SOLVERS``): ``liblinear`` is scikit-learn's LinearSVC, as
+  the official code; ``gram`` (the default, `svm_gram`) runs liblinear's algorithm on a Gram
+  matrix shared by every class, cost and fold, warm-started along the cost grid, many times
+  faster. Both stop at the same tolerance; records name the one that ran.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from joblib import Parallel, delayed
+
+from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
+from threadpoolctl import threadpool_limits
 
 from orl_bench.faults import fault_point
+from orl_bench.tasks.svm_gram import augmented_gram, primal, solve_path
 
 # Official grid, in the official order (it decides ties): "1.0,10.0,100.0" plus 0.5**k, k = 4..19.
 OFFICIAL_COSTS: tuple[float, ...] = (1.0, 10.0, 100.0) + tuple(0.5**k for k in range(4, 20))
 
 SVM_RANDOM_STATE = 0
 SVM_MAX_ITER = 2000
+SVM_TOL = 1e-4
+SOLVERS = ("gram", "liblinear")  # svm_gram's Gram-space dual CD; scikit-learn's LinearSVC (official)
 NEGATIVES_PER_POSITIVE = 19  # low-shot: k positives and 19 k negatives per class (docs/protocols.md 5.2)
 
 _VALID_LABELS = (1, 0, -1)
@@ -75,6 +82,12 @@ def _features(features: np.ndarray, name: str) -> np.ndarray:
             f"first rows {bad_rows[:5].tolist()}"
         )
     return arr
+
+
+def check_solver(solver: str) -> str:
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown SVM solver '{solver}'; expected one of {SOLVERS}")
+    return solver
 
 
 def _check_cost(cost: float) -> float:
@@ -123,7 +136,7 @@ def make_svm(cost: float) -> LinearSVC:
         penalty="l2",
         loss="squared_hinge",
         dual=True,
-        tol=1e-4,
+        tol=SVM_TOL,
         max_iter=SVM_MAX_ITER,
         class_weight={1: 2, -1: 1},
         fit_intercept=True,
@@ -177,6 +190,20 @@ def chance_ap(labels: np.ndarray) -> np.ndarray:
     return positives / (y != -1).sum(axis=0)
 
 
+def ordered_jobs(jobs: list, n_jobs: int | None, solver: str) -> Iterator:
+    """Run joblib `delayed` jobs, yielding results in order, each past the `svm.class` fault point.
+
+    liblinear jobs run in processes: its shuffling RNG is one process-global generator, which
+    threads would interleave. Gram jobs run in threads (the compiled loop releases the GIL), so
+    they share the Gram matrix; BLAS is held to one thread each so workers do not oversubscribe.
+    """
+    threads = solver == "gram"
+    with threadpool_limits(1 if threads and effective_n_jobs(n_jobs) > 1 else None, user_api="blas"):
+        for result in Parallel(n_jobs=n_jobs, return_as="generator", prefer="threads" if threads else None)(jobs):
+            yield result
+            fault_point("svm.class")
+
+
 def _fit(x: np.ndarray, y: np.ndarray, cost: float) -> tuple[LinearSVC, bool]:
     # Non-convergence is counted and reported in the result, so liblinear's per-fit warning
     # (hundreds per run at the small costs) is silenced here, inside the worker process.
@@ -220,22 +247,6 @@ def cv_ap(features: np.ndarray, labels: np.ndarray, cost: float, folds: int = 3)
     return _cv(x, y, _check_cost(cost), _splits(y, folds))[0]
 
 
-def fit_fixed_cost(
-    features: np.ndarray, labels: np.ndarray, cost: float
-) -> tuple[np.ndarray, float]:
-    """One SVM at a given cost, no cross-validation (low-shot). Returns (coef (D,), intercept).
-
-    liblinear's ConvergenceWarning is left to surface to the caller.
-    """
-    x = _features(features, "features")
-    y = train_labels(_labels(labels, "labels", 1))
-    _rows_match(x, y)
-    if not ((y == 1).any() and (y == -1).any()):
-        raise ValueError("fit_fixed_cost needs at least one positive and one non-positive row")
-    model = make_svm(cost).fit(x, y)
-    return model.coef_.ravel().copy(), float(model.intercept_[0])
-
-
 # ----------------------------------------------------------------------------- per class, full task
 
 
@@ -254,32 +265,61 @@ class ClassFit:
         return decision_scores(x, self.coef, self.intercept)
 
 
+def _cv_aps_liblinear(x: np.ndarray, y: np.ndarray, costs: tuple[float, ...], splits: Splits) -> tuple[list[float], int]:
+    results = [_cv(x, y, cost, splits) for cost in costs]
+    return [ap for ap, _ in results], sum(n for _, n in results)
+
+
+def _cv_aps_gram(gram: np.ndarray, y: np.ndarray, costs: tuple[float, ...], splits: Splits) -> tuple[list[float], int]:
+    """The same CV as `_cv_aps_liblinear`, each fold's whole cost path solved on its Gram block."""
+    per_fold, unconverged = [], 0
+    for train_idx, test_idx in splits:
+        betas, converged = solve_path(gram[np.ix_(train_idx, train_idx)], y[train_idx], costs, SVM_TOL,
+                                      SVM_MAX_ITER, SVM_RANDOM_STATE)
+        unconverged += int((~converged).sum())
+        held_out = gram[np.ix_(test_idx, train_idx)] @ betas.T  # decision values, rows x costs
+        per_fold.append([average_precision_score(y[test_idx], held_out[:, i]) for i in range(len(costs))])
+    return [float(ap) for ap in np.mean(per_fold, axis=0)], unconverged
+
+
 def fit_class(
     features: np.ndarray,
     labels: np.ndarray,
     costs: tuple[float, ...] = OFFICIAL_COSTS,
     folds: int = 3,
+    solver: str = "gram",
+    gram: np.ndarray | None = None,
 ) -> ClassFit:
-    """Choose the cost by CV AP (ties -> first in grid order), then refit on all rows."""
+    """Choose the cost by CV AP (ties -> first in grid order), then refit on all rows.
+
+    ``solver``: ``gram`` (`svm_gram`, the default) or ``liblinear`` (scikit-learn's LinearSVC, the
+    official code's solver); both solve the same problem to the same tolerance. ``gram`` may be
+    the precomputed `augmented_gram` of ``features`` (one Gram serves every class).
+    """
     x = _features(features, "features")
     y = train_labels(_labels(labels, "labels", 1))
     _rows_match(x, y)
     costs = tuple(_check_cost(c) for c in costs)
     if not costs:
         raise ValueError("the cost grid is empty")
+    check_solver(solver)
     splits = _splits(y, folds)
-    results = [_cv(x, y, cost, splits) for cost in costs]
-    aps = tuple(ap for ap, _ in results)
-    best = costs[int(np.argmax(aps))]
-    model, converged = _fit(x, y, best)
-    return ClassFit(
-        costs=costs,
-        cv_ap=aps,
-        best_cost=best,
-        coef=model.coef_.ravel().copy(),
-        intercept=float(model.intercept_[0]),
-        unconverged=sum(n for _, n in results) + (not converged),
-    )
+    if solver == "liblinear":
+        aps, unconverged = _cv_aps_liblinear(x, y, costs, splits)
+        best = costs[int(np.argmax(aps))]
+        model, converged = _fit(x, y, best)
+        coef, intercept = model.coef_.ravel().copy(), float(model.intercept_[0])
+    else:
+        gram = augmented_gram(x) if gram is None else gram
+        if gram.shape != (x.shape[0],) * 2:
+            raise ValueError(f"gram must be {x.shape[0]} x {x.shape[0]} (rows x rows), got {gram.shape}")
+        aps, unconverged = _cv_aps_gram(gram, y, costs, splits)
+        best = costs[int(np.argmax(aps))]
+        betas, refit_converged = solve_path(gram, y, (best,), SVM_TOL, SVM_MAX_ITER, SVM_RANDOM_STATE)
+        converged = bool(refit_converged[0])
+        coef, intercept = primal(x, betas[0])
+    return ClassFit(costs=costs, cv_ap=tuple(aps), best_cost=best, coef=coef, intercept=intercept,
+                    unconverged=unconverged + (not converged))
 
 
 @dataclass(frozen=True)
@@ -313,12 +353,14 @@ def evaluate_voc07(
     costs: tuple[float, ...] = OFFICIAL_COSTS,
     folds: int = 3,
     n_jobs: int | None = None,
+    solver: str = "gram",
 ) -> SvmResult:
     """docs/protocols.md 5.1 from features to mAP: one CV-tuned SVM per class, VOC AP on test.
 
     Features (N x D) should already be ``normalize_rows``-ed; labels are N x C in {1, 0, -1}.
     ``n_jobs`` follows joblib (None: 1 unless inside ``joblib.parallel_config``; -1: all
-    cores); classes run in worker processes and results do not depend on it.
+    cores); results do not depend on it. ``solver`` as `fit_class`: with ``gram`` one Gram matrix
+    of the training rows serves all classes, which run in threads sharing it.
     """
     xtr, ytr = _split_arrays(train_x, train_y, "train")
     xte, yte = _split_arrays(test_x, test_y, "test")
@@ -335,11 +377,9 @@ def evaluate_voc07(
             raise ValueError(f"class {c}: the train split {problem}")
         if not (yte[:, c] == 1).any():
             raise ValueError(f"class {c}: the test split has no positive (label 1) rows")
-    fits = []
-    for fit in Parallel(n_jobs=n_jobs, return_as="generator")(
-            delayed(fit_class)(xtr, ytr[:, c], costs, folds) for c in range(num_classes)):
-        fits.append(fit)
-        fault_point("svm.class")
+    gram = augmented_gram(xtr) if solver == "gram" else None
+    fits = list(ordered_jobs([delayed(fit_class)(xtr, ytr[:, c], costs, folds, solver, gram)
+                              for c in range(num_classes)], n_jobs, solver))
     aps = tuple(voc_ap(fit.decision_function(xte), yte[:, c]) for c, fit in enumerate(fits))
     return SvmResult(
         ap=aps,

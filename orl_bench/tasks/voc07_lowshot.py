@@ -11,7 +11,7 @@ from orl_bench.config import volatile
 from orl_bench.registry import TASKS
 from orl_bench.tasks.base import BackboneRef, Task
 from orl_bench.tasks.lowshot_svm import LOW_SHOT_PROTOCOLS, evaluate_low_shot
-from orl_bench.tasks.svm import OFFICIAL_COSTS
+from orl_bench.tasks.svm import OFFICIAL_COSTS, check_solver
 from orl_bench.tasks.voc07_svm import chance_record, voc07_splits
 
 PAPER_KS = (1, 2, 4, 8, 16, 32, 64, 96)
@@ -29,9 +29,11 @@ class VOC07LowShotParams:
     protocol: str = "official"  # official | cv: how the cost is chosen (see PROTOCOL_TEXT)
     costs: tuple[float, ...] = OFFICIAL_COSTS
     folds: int = 3  # cv protocol only: at most this many folds (k if smaller)
-    n_jobs: int = volatile(2)  # fits run in parallel processes; results do not depend on it
+    n_jobs: int = volatile(2)  # fits run in parallel; results do not depend on it
+    solver: str = "gram"  # gram (svm_gram: shared Gram matrix, warm starts) | liblinear (the official LinearSVC)
 
     def __post_init__(self) -> None:
+        check_solver(self.solver)
         if self.protocol not in LOW_SHOT_PROTOCOLS:
             raise ValueError(f"params.protocol must be one of {LOW_SHOT_PROTOCOLS}, got '{self.protocol}'")
 
@@ -47,12 +49,12 @@ class VOC07LowShot(Task):
         for layer in self.cfg.features.layers:
             for r in evaluate_low_shot(train.x(layer), train.y, test.x(layer), test.y, ks=p.ks, samples=p.samples,
                                        seed=p.sample_seed, protocol=p.protocol, costs=p.costs, folds=p.folds,
-                                       n_jobs=p.n_jobs):
+                                       n_jobs=p.n_jobs, solver=p.solver):
                 records.append({
                     "metric": "mAP", "value": round(r.mean, 4), "layer": layer, "k": r.k,
                     "min": round(min(r.maps), 4), "max": round(max(r.maps), 4), "std": round(r.std, 4),
                     "per_sample": [round(m, 4) for m in r.maps], "samples": p.samples, "sample_seed": p.sample_seed,
-                    "low_shot_protocol": p.protocol, "protocol": PROTOCOL_TEXT[p.protocol],
+                    "low_shot_protocol": p.protocol, "protocol": PROTOCOL_TEXT[p.protocol], "svm_solver": p.solver,
                     "cost": r.cost, "cost_counts": {str(c): n for c, n in r.cost_counts.items()},
                     "cost_source_k": r.cost_source_k, "dataset": dataset,
                     "feature_dim": int(train.features.by_layer[layer].shape[1]),

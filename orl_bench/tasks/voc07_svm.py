@@ -14,14 +14,18 @@ from orl_bench.registry import TASKS
 from orl_bench.results.records import CHANCE
 from orl_bench.tasks.base import BackboneRef, Task
 from orl_bench.tasks.features import FeatureCache, Features
-from orl_bench.tasks.svm import OFFICIAL_COSTS, chance_ap, evaluate_voc07, normalize_rows
+from orl_bench.tasks.svm import OFFICIAL_COSTS, chance_ap, check_solver, evaluate_voc07, normalize_rows
 
 
 @dataclass(frozen=True)
 class VOC07SVMParams:
     costs: tuple[float, ...] = OFFICIAL_COSTS  # the official 19-value grid
     folds: int = 3
-    n_jobs: int = volatile(2)  # classes run in parallel processes; results do not depend on it
+    n_jobs: int = volatile(2)  # classes run in parallel; results do not depend on it
+    solver: str = "gram"  # gram (svm_gram: shared Gram matrix, warm starts) | liblinear (the official LinearSVC)
+
+    def __post_init__(self) -> None:
+        check_solver(self.solver)
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,8 @@ class VOC07SVM(Task):
         records = []
         for layer in self.cfg.features.layers:
             result = evaluate_voc07(train.x(layer), train.y, test.x(layer), test.y,
-                                    costs=self.params.costs, folds=self.params.folds, n_jobs=self.params.n_jobs)
+                                    costs=self.params.costs, folds=self.params.folds, n_jobs=self.params.n_jobs,
+                                    solver=self.params.solver)
             records.append({
                 "metric": "mAP", "value": round(result.map, 4), "layer": layer,
                 "feature_dim": int(train_f.by_layer[layer].shape[1]),
@@ -80,7 +85,7 @@ class VOC07SVM(Task):
                 "protocol": "official: 3-fold CV per class over the cost grid, VOC2010+ AP",
                 "per_class_ap": {c: round(100 * ap, 3) for c, ap in zip(train.voc.classes, result.ap)},
                 "best_cost": dict(zip(train.voc.classes, result.best_cost)),
-                "svm_unconverged_fits": result.unconverged,
+                "svm_unconverged_fits": result.unconverged, "svm_solver": self.params.solver,
                 "images": {"trainval": int(train_f.valid.sum()), "test": int(test_f.valid.sum())},
                 "unreadable_images": train_f.unreadable + test_f.unreadable,
             })

@@ -16,7 +16,6 @@ from orl_bench.tasks.svm import (
     cv_ap,
     evaluate_voc07,
     fit_class,
-    fit_fixed_cost,
     make_svm,
     normalize_rows,
     train_labels,
@@ -184,25 +183,24 @@ def test_cv_ap_needs_enough_rows_per_fold() -> None:
         cv_ap(x, np.array([1, 1, 0, 0, 0, 0]), 1.0)
 
 
-def test_fit_class_ties_go_to_the_first_cost() -> None:
+@pytest.mark.parametrize("solver", ["gram", "liblinear"])
+def test_fit_class_ties_go_to_the_first_cost(solver: str) -> None:
     # Separable data: every cost reaches CV AP 1.0, so grid order decides.
     rng = np.random.default_rng(0)
     labels = np.array([1, 0] * 15)
     x = np.c_[np.where(labels == 1, 1.0, -1.0) * rng.uniform(1, 2, 30), rng.normal(size=30)]
-    forward = fit_class(x, labels, (10.0, 1.0, 0.1))
+    forward = fit_class(x, labels, (10.0, 1.0, 0.1), solver=solver)
     assert forward.cv_ap == (1.0, 1.0, 1.0)
     assert forward.best_cost == 10.0
-    assert fit_class(x, labels, (0.1, 1.0, 10.0)).best_cost == 0.1
+    assert fit_class(x, labels, (0.1, 1.0, 10.0), solver=solver).best_cost == 0.1
 
 
-def test_fit_fixed_cost_matches_linearsvc() -> None:
-    x, y = make_data(100, 1, 8, seed=5)
-    coef, intercept = fit_fixed_cost(x, y[:, 0], 0.5)
-    ref = reference_svm(0.5).fit(x, np.where(y[:, 0] == 1, 1, -1))
-    np.testing.assert_array_equal(coef, ref.coef_.ravel())
-    assert intercept == ref.intercept_[0]
-    with pytest.raises(ValueError, match="one positive and one non-positive"):
-        fit_fixed_cost(x, np.zeros(100, dtype=int), 0.5)
+def test_fit_class_rejects_an_unknown_solver_and_a_wrong_gram() -> None:
+    x, y = make_data(60, 1, 8, seed=3)
+    with pytest.raises(ValueError, match="unknown SVM solver 'newton'; expected one of"):
+        fit_class(x, y[:, 0], SMALL_COSTS, solver="newton")
+    with pytest.raises(ValueError, match=r"gram must be 60 x 60 \(rows x rows\), got \(59, 59\)"):
+        fit_class(x, y[:, 0], SMALL_COSTS, gram=np.eye(59))
 
 
 # ----------------------------------------------------------------------------- full protocol
@@ -233,7 +231,7 @@ def test_evaluate_voc07_matches_independent_pipeline_full_grid() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         ref_aps, ref_costs = reference_voc07(train_x, train_y, test_x, test_y, OFFICIAL_COSTS)
-    result = evaluate_voc07(train_x, train_y, test_x, test_y, OFFICIAL_COSTS, n_jobs=1)
+    result = evaluate_voc07(train_x, train_y, test_x, test_y, OFFICIAL_COSTS, n_jobs=1, solver="liblinear")
     assert result.num_classes == 20 and result.costs == OFFICIAL_COSTS
     assert list(result.best_cost) == ref_costs
     np.testing.assert_allclose(result.ap, ref_aps, rtol=0, atol=1e-12)
@@ -244,11 +242,30 @@ def test_evaluate_voc07_matches_independent_pipeline_full_grid() -> None:
     assert 30 < result.map < 100  # and the features carry signal
 
 
-def test_evaluate_voc07_is_independent_of_n_jobs() -> None:
+def test_gram_solver_matches_liblinear() -> None:
+    """Same problem, same tolerance: equal cost choices, CV APs and SVMs up to that tolerance. The
+    grid stops at 10: on these data fits at cost 100 stop at max_iter, and unconverged fits of the
+    two solvers stop at different points (both are counted in `unconverged`)."""
+    train_x, train_y = make_data(300, 20, 64, seed=10)
+    test_x, test_y = make_data(200, 20, 64, seed=11)
+    costs = tuple(cost for cost in OFFICIAL_COSTS if cost <= 10)
+    for c in range(20):
+        lib = fit_class(train_x, train_y[:, c], costs, solver="liblinear")
+        gram = fit_class(train_x, train_y[:, c], costs, solver="gram")
+        assert lib.unconverged == gram.unconverged == 0
+        assert gram.best_cost == lib.best_cost, c
+        np.testing.assert_allclose(gram.cv_ap, lib.cv_ap, rtol=0, atol=2e-3)
+        np.testing.assert_allclose(gram.coef, lib.coef, rtol=0, atol=2e-3 * np.abs(lib.coef).max())
+        assert voc_ap(gram.decision_function(test_x), test_y[:, c]) == pytest.approx(
+            voc_ap(lib.decision_function(test_x), test_y[:, c]), abs=2e-3)
+
+
+@pytest.mark.parametrize("solver", ["gram", "liblinear"])
+def test_evaluate_voc07_is_independent_of_n_jobs(solver: str) -> None:
     train_x, train_y = make_data(120, 4, 16, seed=20)
     test_x, test_y = make_data(80, 4, 16, seed=21)
-    one = evaluate_voc07(train_x, train_y, test_x, test_y, SMALL_COSTS, n_jobs=1)
-    two = evaluate_voc07(train_x, train_y, test_x, test_y, SMALL_COSTS, n_jobs=2)
+    one = evaluate_voc07(train_x, train_y, test_x, test_y, SMALL_COSTS, n_jobs=1, solver=solver)
+    two = evaluate_voc07(train_x, train_y, test_x, test_y, SMALL_COSTS, n_jobs=2, solver=solver)
     assert one == two
 
 
