@@ -174,6 +174,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         for kind in RECIPE_KINDS:
             for path in sorted(recipe_root(kind).glob("*/*.yaml")):
+                if path.parent.name.startswith("_"):  # shared bases (_data, _scales), not recipes
+                    continue
                 print(f"{kind}/{path.parent.name}/{path.stem}")
         for name in METHODS.names():  # plugins from other packages ship their own recipes
             folder = METHODS.get(name).recipes_dir

@@ -81,8 +81,14 @@ class TrainConfig:
     cpu_threads: int = volatile(0)
     checkpoint_every_steps: int = volatile(500)
     log_every_steps: int = volatile(20)
+    # kNN accuracy (tasks/knn.py) every N epochs, logged as monitor/knn_top1 and _top5; 0 = off.
+    # Evaluation only (eval mode, no gradients, no generator draws): it cannot change the artifact.
+    monitor_every_epochs: int = volatile(0)
+    monitor_root: str | None = volatile(None)  # ImageNet class folders to monitor on; None: the embedded set
 
     def __post_init__(self) -> None:
+        if self.monitor_every_epochs < 0:
+            raise ConfigError(f"train.monitor_every_epochs must be >= 0 (0 = off), got {self.monitor_every_epochs}")
         if self.num_workers < 0 or self.cpu_threads < 0:
             raise ConfigError(f"need train.num_workers >= 0 and train.cpu_threads >= 0 (0 = automatic), got "
                               f"{self.num_workers} and {self.cpu_threads}")

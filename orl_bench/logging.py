@@ -31,14 +31,16 @@ class RunLogger:
     def event(self, name: str, **fields: Any) -> None:
         self._write({"event": name, **fields})
 
-    def scalars(self, step: int, **values: Any) -> None:
+    def scalars(self, step: int, group: str = "train", **values: Any) -> None:
+        """A log.jsonl row and TensorBoard scalars `<group>/<name>`; rows of another group than
+        train say which."""
         if not self.enabled:
             return
         values = {k: v for k, v in values.items() if v is not None}
-        self._write({"step": step, **values})
+        self._write({"step": step, **({} if group == "train" else {"group": group}), **values})
         for key, value in values.items():
             if isinstance(value, (int, float)):
-                self._tb.add_scalar(f"train/{key}", value, step)
+                self._tb.add_scalar(f"{group}/{key}", value, step)
         if self._bar:
             self._bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
 

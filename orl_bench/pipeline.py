@@ -32,6 +32,7 @@ from orl_bench.provenance import device_name, git_revision, now_iso
 from orl_bench.registry import METHODS, TASKS
 from orl_bench.results.records import append_records, load_records
 from orl_bench.tasks.base import BackboneRef
+from orl_bench.tasks.knn import knn_monitor
 
 RANDOM = "random"  # not a plugin: the randomly initialised backbone of a recipe, as a baseline row
 # The backbone fields of a record that is about the data alone (a task's chance level).
@@ -166,7 +167,9 @@ def ensure_pretrained(cfg: PretrainConfig, recipe: str, workdir: Path, info: Dis
         barrier(info)
         if not is_complete(out):
             if cfg.method["name"] != RANDOM:
-                pretrain(cfg, out, images.paths, extra, info, inputs, run_info)
+                monitor = knn_monitor(cfg.data, workdir, info.device, cfg.train.monitor_root) \
+                    if cfg.train.monitor_every_epochs and info.is_main else None
+                pretrain(cfg, out, images.paths, extra, info, inputs, run_info, monitor)
             elif info.is_main:
                 export_random(cfg, out, extra, run_info)
         barrier(info)

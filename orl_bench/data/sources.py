@@ -22,7 +22,7 @@ from orl_bench.data.synth import ensure_synth
 from orl_bench.data.voc import VOC2007
 
 ENV_VARS = {"coco": "ORL_BENCH_COCO", "coco_plus": "ORL_BENCH_COCO", "voc2007": "ORL_BENCH_VOC2007",
-            "imagenet": "ORL_BENCH_IMAGENET"}
+            "imagenet": "ORL_BENCH_IMAGENET", "places205": "ORL_BENCH_PLACES205", "inat18": "ORL_BENCH_INAT18"}
 PRETRAIN_SOURCES = ("synth", "coco", "coco_plus", "imagenet", "folder")
 VOC_SOURCES = ("synth", "voc2007")
 # Sources whose images the config does not determine (data.root is not hashed): their ImageList key

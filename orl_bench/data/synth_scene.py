@@ -6,6 +6,9 @@ augmentation) never destroys the class cue and no two instances of a class look 
 (results/embedded/range_search.md). The background (gradient, low-frequency noise, an optional faint
 grating, scribbles and dots) is drawn independently of the objects, so it carries no label
 information. `SceneStyle` sets how loud the background and how colourful the objects are.
+A `ScenePlan` lets a caller dictate a scene instead (each object's category, size, place, hue,
+texture period, and a tilt of the background), as the embedded classification sets do
+(synth_classify.py); scenes rendered without one are unchanged.
 """
 from __future__ import annotations
 
@@ -95,6 +98,41 @@ class SceneStyle:
                              f"{self.grey_spread}, {self.period_spread}, {self.texture_contrast}")
 
 
+# --- plans: scenes a caller dictates ---
+
+_ANY_HUE = (0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ObjectPlan:
+    """One dictated object. Pose, aspect, grey levels and texture phase are still drawn."""
+    category: int
+    size: tuple[float, float]  # bounding-circle diameter / image short side, as SceneStyle.object_size
+    # ranges of the centre's x and y as shares of the width and height (kept inside the image);
+    # None places it as unplanned objects are placed, away from earlier ones
+    region: tuple[tuple[float, float], tuple[float, float]] | None = None
+    hue: tuple[float, float] = _ANY_HUE  # hue band in turns; may pass 1 (it wraps), e.g. (0.9, 1.1)
+    saturation: tuple[float, float] | None = None  # None: the style's
+    period_scale: float = 1.0  # texture period x this
+
+    def __post_init__(self) -> None:
+        if not 0 < self.size[0] <= self.size[1] <= 1 or self.period_scale <= 0:
+            raise ValueError(f"ObjectPlan needs 0 < size lo <= hi <= 1 and period_scale > 0, "
+                             f"got {self.size}, {self.period_scale}")
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    """A dictated scene: its objects, back to front, and grey offsets added to the background
+    gradient's corners ((top-left, top-right), (bottom-left, bottom-right)), which make it bright,
+    dark or lit from one side; None leaves the background as drawn."""
+    objects: tuple[ObjectPlan, ...]
+    backdrop_shift: tuple[tuple[float, float], tuple[float, float]] | None = None
+
+
+_UNPLANNED = ObjectPlan(0, (1.0, 1.0))  # how an unplanned object is painted: any hue, the style's look
+
+
 # --- instances ---
 
 @dataclass
@@ -106,6 +144,7 @@ class SceneObject:
     radius: float
     mask: np.ndarray  # bool (H, W), own silhouette
     visible: np.ndarray  # bool (H, W)
+    plan: ObjectPlan | None = None  # what the caller dictated, if anything
 
 
 def is_difficult(visible_area: int, own_area: int, box_w: float, box_h: float,
@@ -147,19 +186,37 @@ def _place(rng, centres: list[tuple[float, float]], radius: float,
     return cands[int(d.argmax())]
 
 
+def _in_region(rng, region: tuple[tuple[float, float], tuple[float, float]], radius: float,
+               hw: tuple[int, int]) -> np.ndarray:
+    """A centre drawn in a planned region, moved in so the whole object stays inside."""
+    (x0, x1), (y0, y1) = region
+    h, w = hw
+    centre = rng.uniform((x0 * w, y0 * h), (x1 * w, y1 * h))
+    return np.clip(centre, radius, np.array([w, h]) - 1 - radius)
+
+
 def _sample_objects(rng, hw, num_categories, min_objects, max_objects,
-                    object_size: tuple[float, float], rotation: float) -> list[SceneObject]:
+                    object_size: tuple[float, float], rotation: float,
+                    plan: ScenePlan | None = None) -> list[SceneObject]:
     """Back-to-front instances; a candidate that would hide an earlier object completely is
-    redrawn (position and size), so every placed object keeps some visible pixels."""
+    redrawn (position and size), so every placed object keeps some visible pixels. Without a
+    plan, count and categories are drawn here (interleaved with placement: the historical order)."""
     table = category_table(num_categories)
     short = min(hw)
     objects: list[SceneObject] = []
-    for _ in range(rng.integers(min_objects, max_objects + 1)):
-        category = int(rng.integers(num_categories))
+    wanted = plan.objects if plan else [None] * int(rng.integers(min_objects, max_objects + 1))
+    for op in wanted:
+        category = int(rng.integers(num_categories)) if op is None else op.category
+        if not 0 <= category < num_categories:
+            raise ValueError(f"planned category {category} is outside 0..{num_categories - 1}")
         texture, shape = table[category]
+        size = object_size if op is None else op.size
         for _ in range(_PLACEMENT_TRIES):
-            radius = short * _u(rng, *object_size) / 2
-            centre = _place(rng, [o.centre for o in objects], radius, hw)
+            radius = short * _u(rng, *size) / 2
+            if op is None or op.region is None:
+                centre = _place(rng, [o.centre for o in objects], radius, hw)
+            else:
+                centre = _in_region(rng, op.region, radius, hw)
             mask = _silhouette(rng, shape, centre, radius, hw, rotation)
             if mask.any() and all((o.visible & ~mask).any() for o in objects):
                 break
@@ -168,14 +225,16 @@ def _sample_objects(rng, hw, num_categories, min_objects, max_objects,
         for o in objects:
             o.visible &= ~mask
         objects.append(SceneObject(category, texture, (float(centre[0]), float(centre[1])), radius,
-                                   mask, mask.copy()))
+                                   mask, mask.copy(), op))
     return objects
 
 
 # --- painting ---
 
-def _colour(rng, value: float, saturation: tuple[float, float]) -> np.ndarray:
-    rgb = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(*saturation), value)
+def _colour(rng, value: float, saturation: tuple[float, float],
+            hue: tuple[float, float] = _ANY_HUE) -> np.ndarray:
+    # uniform(0, 1) is the very draw uniform() makes, and % 1 leaves [0, 1) alone
+    rgb = colorsys.hsv_to_rgb(rng.uniform(*hue) % 1.0, rng.uniform(*saturation), value)
     return np.array(rgb, np.float32) * 255
 
 
@@ -202,29 +261,30 @@ def _toward(instance: float, category: float, spread: float) -> float:
     return instance if spread == 1 else category + (instance - category) * spread
 
 
-def _colour_pair(rng, saturation: tuple[float, float], look: CategoryLook,
-                 grey_spread: float, contrast: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _colour_pair(rng, saturation: tuple[float, float], look: CategoryLook, grey_spread: float,
+                 contrast: float = 1.0, hue: tuple[float, float] = _ANY_HUE) -> tuple[np.ndarray, np.ndarray]:
     """Two colours: the instance's brightness pair pulled toward its category's by `grey_spread`
     (ordered like the category's, so the 0.35 gap survives the blend), the ink then moved toward
-    the base until the gap is `contrast` of itself; hue per instance."""
+    the base until the gap is `contrast` of itself; hue per instance, within `hue`."""
     v1, v2 = _values(rng)
     if grey_spread < 1 and (v1 > v2) != (look.values[0] > look.values[1]):
         v1, v2 = v2, v1
     v1, v2 = (_toward(v, c, grey_spread) for v, c in zip((v1, v2), look.values))
     v2 = _toward(v2, v1, contrast)
-    return _colour(rng, v1, saturation), _colour(rng, v2, saturation)
+    return _colour(rng, v1, saturation, hue), _colour(rng, v2, saturation, hue)
 
 
-def _period(rng, radius: float, look: CategoryLook, period_spread: float) -> float:
-    """Texture period in pixels: the instance's share of its radius pulled toward the category's."""
-    return max(3.5, radius * _toward(_u(rng, *_PERIOD_SHARE), look.period_share, period_spread))
+def _period(rng, radius: float, look: CategoryLook, period_spread: float, scale: float = 1.0) -> float:
+    """Texture period in pixels: the instance's share of its radius pulled toward the category's,
+    times a planned `scale`."""
+    return max(3.5, radius * _toward(_u(rng, *_PERIOD_SHARE), look.period_share, period_spread) * scale)
 
 
 def _texture(rng, texture: str, x: np.ndarray, y: np.ndarray, radius: float, style: SceneStyle,
-             look: CategoryLook) -> np.ndarray:
+             look: CategoryLook, period_scale: float = 1.0) -> np.ndarray:
     """Boolean pattern on the grid (x, y) (object-centred pixels) with a random period (pulled
     toward the category's by `style.period_spread`), orientation and phase."""
-    period = _period(rng, radius, look, style.period_spread)
+    period = _period(rng, radius, look, style.period_spread, period_scale)
     rotation = style.rotation
     phi = _angle(rng, rotation)
     c, s = np.cos(phi) / period, np.sin(phi) / period
@@ -265,8 +325,10 @@ def _paint(rng, canvas: np.ndarray, obj: SceneObject, style: SceneStyle) -> None
     x = np.arange(x0, x1, dtype=np.float32)[None, :] - cx
     y = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
     look = CategoryLook.of(obj.category)
-    pattern = _texture(rng, obj.texture, x, y, r, style, look)
-    base, ink = _colour_pair(rng, style.saturation, look, style.grey_spread, style.texture_contrast)
+    op = obj.plan or _UNPLANNED
+    pattern = _texture(rng, obj.texture, x, y, r, style, look, op.period_scale)
+    base, ink = _colour_pair(rng, op.saturation or style.saturation, look, style.grey_spread,
+                             style.texture_contrast, op.hue)
     light = _u(rng, 0, 2 * np.pi)  # a soft directional shading, as on a lit object
     gain = _u(rng, 0, 0.25) / r
     shade = 1 + x * (gain * np.cos(light)) + y * (gain * np.sin(light))
@@ -275,11 +337,15 @@ def _paint(rng, canvas: np.ndarray, obj: SceneObject, style: SceneStyle) -> None
     canvas[y0:y1, x0:x1][m] = pixels[m]
 
 
-def _background(rng, hw: tuple[int, int], style: SceneStyle) -> np.ndarray:
-    """Float32 (H, W, 3): a smooth random gradient with low-frequency blotches, a faint grating,
-    and clutter (strokes, scribbles, dots in random colours) that is never a category shape."""
+def _background(rng, hw: tuple[int, int], style: SceneStyle,
+                shift: tuple[tuple[float, float], tuple[float, float]] | None = None) -> np.ndarray:
+    """Float32 (H, W, 3): a smooth random gradient (its corners moved by a planned grey `shift`)
+    with low-frequency blotches, a faint grating, and clutter (strokes, scribbles, dots in random
+    colours) that is never a category shape."""
     h, w = hw
     corners = (127.5 + (rng.uniform(0, 255, (2, 2, 3)) - 127.5) * style.backdrop).astype(np.float32)
+    if shift is not None:
+        corners += np.asarray(shift, np.float32)[..., None]
     blotches = rng.standard_normal((5, 5, 3)).astype(np.float32) * (_u(rng, 8, 25) * style.blotches)
     canvas = (cv2.resize(corners, (w, h), interpolation=cv2.INTER_LINEAR)
               + cv2.resize(blotches, (w, h), interpolation=cv2.INTER_LINEAR))
@@ -305,13 +371,15 @@ def _background(rng, hw: tuple[int, int], style: SceneStyle) -> np.ndarray:
 
 
 def render_scene(rng: np.random.Generator, height: int, width: int, num_categories: int,
-                 min_objects: int, max_objects: int,
-                 style: SceneStyle = SceneStyle()) -> tuple[np.ndarray, list[SceneObject]]:
-    """An RGB uint8 (H, W, 3) scene and its objects, back to front."""
+                 min_objects: int, max_objects: int, style: SceneStyle = SceneStyle(),
+                 plan: ScenePlan | None = None) -> tuple[np.ndarray, list[SceneObject]]:
+    """An RGB uint8 (H, W, 3) scene and its objects, back to front. With a `plan`, its objects
+    (an object that cannot be placed without hiding an earlier one is dropped, as unplanned
+    ones are) replace the drawn ones, and min_objects / max_objects are not used."""
     hw = (height, width)
-    canvas = _background(rng, hw, style)
+    canvas = _background(rng, hw, style, plan.backdrop_shift if plan else None)
     objects = _sample_objects(rng, hw, num_categories, min_objects, max_objects, style.object_size,
-                              style.rotation)
+                              style.rotation, plan)
     for obj in objects:
         _paint(rng, canvas, obj, style)
     # sensor-like noise; uniform bytes are ~10x cheaper to draw than normal variates

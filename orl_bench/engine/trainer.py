@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +77,12 @@ class TrainingDiverged(RuntimeError):
 
 def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], manifest_extra: dict[str, Any],
              info: DistInfo, inputs: Mapping[str, Path] | None = None,
-             run_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+             run_extra: dict[str, Any] | None = None,
+             monitor: Callable[[nn.Module], dict[str, float]] | None = None) -> dict[str, Any]:
     """Train (or resume) `cfg`'s method on `image_paths` (with the earlier stages' `inputs`);
     export the artifact (`manifest_extra` joins its manifest, `run_extra` its run.json sidecar);
-    return its manifest."""
+    return its manifest. `monitor(backbone)` runs on rank 0 every `train.monitor_every_epochs`
+    epochs and its values are logged under the `monitor` group."""
     artifact_dir = Path(artifact_dir)
     t = cfg.train
     if t.batch_size % info.world_size:
@@ -175,6 +177,10 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
                     window_start = now
                 if step % t.checkpoint_every_steps == 0 or step % spe == 0:
                     checkpoint()
+                if t.monitor_every_epochs and step % (spe * t.monitor_every_epochs) == 0:
+                    if info.is_main and monitor is not None:
+                        log.scalars(step, group="monitor", epoch=step // spe, **monitor(method.backbone))
+                    barrier(info)
                 fault_point("train.step")
     checkpoint()
     wall = time.perf_counter() - start_time

@@ -66,6 +66,18 @@ class EvalImages(Dataset):
             return torch.zeros(3, self.size, self.size), False
 
 
+def tap_features(backbone: ResNet, images: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Each layer's pooled feature vectors (rows x dims) of a batch, in one forward pass."""
+    maps = backbone.taps(images, {"res5" if layer == "res5_gap" else layer for layer in layers})
+    return {layer: pool(layer, maps["res5" if layer == "res5_gap" else layer]) for layer in layers}
+
+
+def check_layers(layers: tuple[str, ...]) -> None:
+    unknown = [layer for layer in layers if layer not in LAYERS]
+    if unknown:
+        raise ValueError(f"unknown feature layers {unknown}; expected some of {', '.join(LAYERS)}")
+
+
 @dataclass
 class Features:
     """Per-layer feature matrices over a dataset's images; `valid[i]` False = unreadable image."""
@@ -80,19 +92,15 @@ class Features:
 @torch.no_grad()
 def compute_features(backbone: ResNet, paths: list[Path], layers: tuple[str, ...], cfg: FeatureConfig,
                      device: torch.device) -> Features:
-    unknown = [layer for layer in layers if layer not in LAYERS]
-    if unknown:
-        raise ValueError(f"unknown feature layers {unknown}; expected some of {', '.join(LAYERS)}")
-    taps = {"res5" if layer == "res5_gap" else layer for layer in layers}
+    check_layers(layers)
     backbone.eval().to(device, memory_format=torch.channels_last)  # as trained: faster convolutions
     loader = DataLoader(EvalImages(paths, eval_transform(cfg), cfg.size), batch_size=cfg.batch_size,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     chunks: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
     valid: list[np.ndarray] = []
     for images, ok in loader:
-        maps = backbone.taps(images.to(device, non_blocking=True), taps)
-        for layer in layers:
-            chunks[layer].append(pool(layer, maps["res5" if layer == "res5_gap" else layer]).float().cpu().numpy())
+        for layer, rows in tap_features(backbone, images.to(device, non_blocking=True), layers).items():
+            chunks[layer].append(rows.float().cpu().numpy())
         valid.append(ok.numpy())
     return Features({k: np.concatenate(v) for k, v in chunks.items()}, np.concatenate(valid))
 

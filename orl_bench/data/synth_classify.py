@@ -1,0 +1,390 @@
+"""The embedded classification sets, rendered by the scene generator and written in the real formats
+of ImageNet, Places205 and iNaturalist 2018.
+
+`ensure_embedded(dataset, spec, embedded, cache_root)` returns
+`<cache_root>/synth-<spec digest>-<dataset>-<embedded digest>` holding
+
+    imagenet:   train/<class>/<class>_<index>.JPEG, val/<class>/...      class folders
+                imagenet_subsets/1percent.txt, 10percent.txt           SimCLR's subset lists
+    places205:  images256/<l>/<type>/gsun_<hex>.jpg
+                trainvalsplit_places205/train_places205.csv, val_places205.csv
+    inat18:     train_val2018/<shape>/<species id>/<hex>.jpg, train2018.json, val2018.json
+    spec.json
+
+so that the loaders in classification.py read them exactly as they read the real datasets.
+
+- imagenet, iconic: one class per scene category; each image holds one large object of its class
+  near the centre and, half the time, one small distractor of another category in front of it.
+- places205, scene types: a type is a rule over layout (a row, a column, a diagonal, a cluster in
+  a corner, spread out, one big object with small ones around), background (bright, dark, lit from
+  above, as drawn) and the group of categories its objects are drawn from. Groups overlap and
+  backgrounds repeat across types, so neither the objects alone nor the image's brightness alone
+  tells the type.
+- inat18, fine-grained and long-tailed: a species is a category in one of three variants that
+  differ in one subtle way per category (object size, texture period, or a hue band of otherwise
+  faintly coloured objects); iconic images like imagenet's; train counts decay as (rank + 1)^-0.8
+  over a seeded shuffle of the species, down to `min_train_per_class`.
+
+Everything else (style, image size, seed, categories) is the SynthSpec's. Image `index` of a split
+draws from `image_rng(spec, "<dataset>/<split>", index)` alone, so the files are byte-identical
+for any number of workers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from orl_bench.data.synth import _JPEG_QUALITY, SynthSpec, _remove_stale_temps, image_rng
+from orl_bench.data.synth_scene import ObjectPlan, ScenePlan, category_names, category_table, render_scene
+
+CLASSIFY_VERSION = 1  # bump when the output changes for unchanged specs: new cache key
+SPLITS = ("train", "val")
+SUBSET_FRACTIONS = {"1percent": 0.01, "10percent": 0.1}  # SimCLR's ImageNet subsets
+TAIL_EXPONENT = 0.8
+_CHUNK = 64  # images per worker task
+
+# iconic images: the labelled object fills most of the frame, a distractor stays small
+_DOMINANT_SIZE = (0.55, 0.8)
+_CENTRE = ((0.42, 0.58), (0.42, 0.58))
+_DISTRACTOR_SIZE = (0.15, 0.3)
+_DISTRACTOR_RATE = 0.5
+
+
+@dataclass(frozen=True)
+class EmbeddedClassSpec:
+    """Sizes of an embedded classification set; the look (style, seed, image size, categories)
+    comes from data.synth (SynthSpec)."""
+    train_per_class: int = 100  # inat18: the head class; the tail decays toward min_train_per_class
+    val_per_class: int = 25
+    min_train_per_class: int = 5  # inat18 only
+
+    def __post_init__(self) -> None:
+        if not (self.val_per_class >= 1 and 1 <= self.min_train_per_class <= self.train_per_class):
+            raise ValueError(f"need val_per_class >= 1 and 1 <= min_train_per_class <= train_per_class, got "
+                             f"val_per_class={self.val_per_class}, min_train_per_class={self.min_train_per_class}, "
+                             f"train_per_class={self.train_per_class}")
+
+    def digest(self) -> str:
+        payload = json.dumps({"generator": CLASSIFY_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One image to render."""
+    index: int  # position in its split: names its random stream
+    label: int  # the generator's class index
+    relpath: str  # where it is written, relative to the dataset root
+
+
+def _hex_name(dataset: str, split: str, index: int) -> str:
+    """A 32-hex-digit file stem, as the real Places205 and iNat18 names are."""
+    return hashlib.sha256(f"{dataset}/{split}/{index}".encode()).hexdigest()[:32]
+
+
+def _iconic(rng, category: int, n: int, dominant: ObjectPlan | None = None) -> ScenePlan:
+    """One large centred object of `category` (or the given one), then 0-1 small distractors of
+    other categories, drawn in front of it and away from its centre."""
+    objects = [dominant or ObjectPlan(category, _DOMINANT_SIZE, _CENTRE)]
+    if n > 1 and rng.uniform() < _DISTRACTOR_RATE:
+        objects.append(ObjectPlan(int(category + 1 + rng.integers(n - 1)) % n, _DISTRACTOR_SIZE))
+    return ScenePlan(tuple(objects))
+
+
+class _Embedded:
+    """One dataset's classes, per-class counts, file names, scene plans and index files."""
+    name: str
+
+    def __init__(self, spec: SynthSpec, embedded: EmbeddedClassSpec):
+        self.spec, self.embedded = spec, embedded
+
+    def class_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def counts(self, split: str) -> list[int]:
+        n = len(self.class_names())
+        return [self.embedded.train_per_class if split == "train" else self.embedded.val_per_class] * n
+
+    def relpath(self, split: str, index: int, label: int) -> str:
+        raise NotImplementedError
+
+    def plan(self, rng: np.random.Generator, label: int) -> ScenePlan:
+        raise NotImplementedError
+
+    def write_index(self, root: Path, items: dict[str, list[_Item]]) -> None:
+        raise NotImplementedError
+
+    def items(self, split: str) -> list[_Item]:
+        """Class by class, in class index order."""
+        labels = [k for k, count in enumerate(self.counts(split)) for _ in range(count)]
+        return [_Item(i, k, self.relpath(split, i, k)) for i, k in enumerate(labels)]
+
+
+class _ImageNet(_Embedded):
+    name = "imagenet"
+
+    def class_names(self) -> list[str]:
+        return category_names(self.spec.num_categories)
+
+    def relpath(self, split: str, index: int, label: int) -> str:
+        cls = self.class_names()[label]
+        return f"{split}/{cls}/{cls}_{index:06d}.JPEG"
+
+    def plan(self, rng, label: int) -> ScenePlan:
+        return _iconic(rng, label, self.spec.num_categories)
+
+    def write_index(self, root: Path, items: dict[str, list[_Item]]) -> None:
+        """The subset lists: per class max(1, round(fraction x its count)) train images, drawn
+        without replacement by a generator seeded with (seed, subset name)."""
+        folder = root / "imagenet_subsets"
+        folder.mkdir()
+        for subset, fraction in SUBSET_FRACTIONS.items():
+            rng = np.random.default_rng([self.spec.seed, zlib.crc32(f"imagenet/{subset}".encode())])
+            lines = []
+            for k in range(len(self.class_names())):
+                names = [Path(it.relpath).name for it in items["train"] if it.label == k]
+                pick = rng.choice(len(names), max(1, round(fraction * len(names))), replace=False)
+                lines += [f"{names[i]}\n" for i in sorted(pick)]
+            (folder / f"{subset}.txt").write_text("".join(lines))
+
+
+@dataclass(frozen=True)
+class _SceneType:
+    name: str  # Places205-style "<first letter>/<name>"
+    layout: str
+    background: str
+    group: int  # which of the four overlapping category groups
+
+
+# Invented names in sorted order, so the labels follow the class names' order as the real list's do.
+# No two types share all three rules; each category group serves 2-3 types and each background 2-3.
+_SCENE_TYPES = (
+    _SceneType("a/avlo", "row", "bright", 0),
+    _SceneType("b/bruna", "row", "dark", 1),
+    _SceneType("c/corvel", "column", "plain", 2),
+    _SceneType("d/dunmar", "cluster", "bright", 1),
+    _SceneType("f/fessik", "cluster", "dark", 3),
+    _SceneType("g/gorrin", "spread", "lit_above", 0),
+    _SceneType("k/kelva", "spread", "plain", 2),
+    _SceneType("m/miradel", "diagonal", "dark", 0),
+    _SceneType("p/pontiq", "centre", "lit_above", 3),
+    _SceneType("t/tovan", "centre", "bright", 2),
+)
+_PLACES_IMAGES = "images256"  # the CSV files' relpaths are relative to it
+_LINE_SIZE = (0.2, 0.28)  # three in a line fit without overlapping (spacing 1/3)
+_JITTER = 0.03  # how far a lined-up centre strays (share of the side)
+
+
+def _box(x: float, y: float, jitter: float = _JITTER) -> tuple[tuple[float, float], tuple[float, float]]:
+    return (x - jitter, x + jitter), (y - jitter, y + jitter)
+
+
+def _layout(rng, layout: str) -> list[tuple[tuple[float, float], tuple | None]]:
+    """(size, region) of each object of a layout, back to front."""
+    if layout in ("row", "column"):
+        across, steps = rng.uniform(0.3, 0.7), [(j + 0.5) / 3 for j in range(3)]
+        return [(_LINE_SIZE, _box(s, across) if layout == "row" else _box(across, s)) for s in steps]
+    if layout == "diagonal":
+        rising = rng.uniform() < 0.5  # either diagonal: the rule is "along a diagonal"
+        return [(_LINE_SIZE, _box(t, 1 - t if rising else t)) for t in (0.2, 0.5, 0.8)]
+    if layout == "cluster":
+        xs, ys = (((0.08, 0.4), (0.6, 0.92))[int(b)] for b in rng.integers(2, size=2))
+        return [((0.16, 0.24), (xs, ys))] * 3
+    if layout == "spread":
+        return [((0.14, 0.24), None)] * 4
+    if layout == "centre":
+        return [((0.45, 0.6), _CENTRE)] + [((0.12, 0.18), None)] * 2
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+def _backdrop_shift(rng, background: str):
+    a = rng.uniform(45, 75)
+    return {"plain": None, "bright": ((a, a), (a, a)), "dark": ((-a, -a), (-a, -a)),
+            "lit_above": ((a, a), (-a, -a))}[background]
+
+
+def _category_group(g: int, n: int) -> list[int]:
+    """Half the categories, starting a quarter further round for each group: neighbours share half."""
+    return sorted({(g * n // 4 + t) % n for t in range(max(1, n // 2))})
+
+
+class _Places205(_Embedded):
+    name = "places205"
+
+    def class_names(self) -> list[str]:
+        return [t.name for t in _SCENE_TYPES]
+
+    def relpath(self, split: str, index: int, label: int) -> str:
+        return f"{_PLACES_IMAGES}/{_SCENE_TYPES[label].name}/gsun_{_hex_name(self.name, split, index)}.jpg"
+
+    def plan(self, rng, label: int) -> ScenePlan:
+        kind = _SCENE_TYPES[label]
+        group = _category_group(kind.group, self.spec.num_categories)
+        objects = tuple(ObjectPlan(int(rng.choice(group)), size, region)
+                        for size, region in _layout(rng, kind.layout))
+        return ScenePlan(objects, _backdrop_shift(rng, kind.background))
+
+    def write_index(self, root: Path, items: dict[str, list[_Item]]) -> None:
+        folder = root / "trainvalsplit_places205"
+        folder.mkdir()
+        for split, listed in items.items():
+            lines = (f"{it.relpath.removeprefix(_PLACES_IMAGES + '/')} {it.label}\n" for it in listed)
+            (folder / f"{split}_places205.csv").write_text("".join(lines))
+
+
+_VARIANTS = 3
+_AXES = ("size", "period", "hue")  # category k's species differ along _AXES[k % 3] ...
+_PERIODLESS = ("solid", "rays", "halves")  # ... or in hue, where the texture has no period
+_SIZE_BANDS = ((0.42, 0.52), (0.57, 0.67), (0.72, 0.82))
+_PERIOD_SCALES = (0.6, 1.0, 1.6)
+_HUE_STEP, _HUE_HALF_WIDTH = 0.15, 0.04  # variants' hue bands: 0.15 turns apart, 0.08 wide
+_HUE_SATURATION = (0.3, 0.45)  # enough colour to see the hue, still far from a colour-coded class
+
+
+@dataclass(frozen=True)
+class _Species:
+    category: int
+    variant: int
+    axis: str
+
+
+class _INat18(_Embedded):
+    name = "inat18"
+
+    def species(self) -> list[_Species]:
+        """Category-major: species id = 3 x category + variant."""
+        out = []
+        for k, (texture, _) in enumerate(category_table(self.spec.num_categories)):
+            axis = _AXES[k % len(_AXES)]
+            axis = "hue" if axis == "period" and texture in _PERIODLESS else axis
+            out += [_Species(k, v, axis) for v in range(_VARIANTS)]
+        return out
+
+    def class_names(self) -> list[str]:
+        cats = category_names(self.spec.num_categories)
+        return [f"{cats[s.category]}_{s.axis}{s.variant}" for s in self.species()]
+
+    def counts(self, split: str) -> list[int]:
+        if split == "val":
+            return super().counts(split)
+        e = self.embedded
+        order = np.random.default_rng([self.spec.seed, zlib.crc32(b"inat18/tail")]).permutation(len(self.species()))
+        counts = [0] * len(order)
+        for rank, species in enumerate(order.tolist()):
+            counts[species] = max(e.min_train_per_class, round(e.train_per_class * (rank + 1) ** -TAIL_EXPONENT))
+        return counts
+
+    def relpath(self, split: str, index: int, label: int) -> str:
+        shape = category_table(self.spec.num_categories)[self.species()[label].category][1]
+        return f"train_val2018/{shape}/{label}/{_hex_name(self.name, split, index)}.jpg"
+
+    def plan(self, rng, label: int) -> ScenePlan:
+        s = self.species()[label]
+        if s.axis == "size":
+            dominant = ObjectPlan(s.category, _SIZE_BANDS[s.variant], _CENTRE)
+        elif s.axis == "period":
+            dominant = ObjectPlan(s.category, _DOMINANT_SIZE, _CENTRE, period_scale=_PERIOD_SCALES[s.variant])
+        else:  # a per-category base hue (golden-ratio steps), so a hue band alone names no variant
+            hue = (s.category * 0.618034 + s.variant * _HUE_STEP) % 1.0
+            dominant = ObjectPlan(s.category, _DOMINANT_SIZE, _CENTRE, (hue - _HUE_HALF_WIDTH, hue + _HUE_HALF_WIDTH),
+                                  _HUE_SATURATION)
+        return _iconic(rng, s.category, self.spec.num_categories, dominant)
+
+    def write_index(self, root: Path, items: dict[str, list[_Item]]) -> None:
+        table = category_table(self.spec.num_categories)
+        categories = [{"id": k, "name": name, "supercategory": table[s.category][1]}
+                      for k, (name, s) in enumerate(zip(self.class_names(), self.species()))]
+        first_id = 0  # image ids run on from train into val, as in the real files
+        for split, listed in items.items():
+            images = [{"id": first_id + it.index, "file_name": it.relpath, "width": self.spec.width,
+                       "height": self.spec.height} for it in listed]
+            annotations = [{"id": first_id + it.index, "image_id": first_id + it.index, "category_id": it.label}
+                           for it in listed]
+            data = {"info": {"description": "orl-bench embedded iNat18-style species",
+                             "version": str(CLASSIFY_VERSION)},
+                    "images": images, "annotations": annotations, "categories": categories}
+            (root / f"{split}2018.json").write_text(json.dumps(data, separators=(",", ":")))
+            first_id += len(listed)
+
+
+_SETS: dict[str, type[_Embedded]] = {c.name: c for c in (_ImageNet, _Places205, _INat18)}
+
+
+def _render_items(job: tuple[str, SynthSpec, EmbeddedClassSpec, str, list[_Item], Path]) -> None:
+    """Render and write a chunk of one split (runs in worker processes)."""
+    dataset, spec, embedded, split, items, root = job
+    made = _SETS[dataset](spec, embedded)
+    for it in items:
+        rng = image_rng(spec, f"{dataset}/{split}", it.index)
+        plan = made.plan(rng, it.label)  # the plan's draws come first in the image's stream
+        image, _ = render_scene(rng, spec.height, spec.width, spec.num_categories, spec.min_objects,
+                                spec.max_objects, spec.style(), plan)
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
+        if not ok:
+            raise RuntimeError(f"JPEG encoding failed for {dataset} {split} image {it.index}")
+        (root / it.relpath).write_bytes(jpeg.tobytes())
+
+
+def _generate(dataset: str, spec: SynthSpec, embedded: EmbeddedClassSpec, root: Path, workers: int) -> None:
+    made = _SETS[dataset](spec, embedded)
+    items = {split: made.items(split) for split in SPLITS}
+    for folder in sorted({(root / it.relpath).parent for listed in items.values() for it in listed}):
+        folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(dataset, spec, embedded, split, listed[start:start + _CHUNK], root)
+            for split, listed in items.items() for start in range(0, len(listed), _CHUNK)]
+    workers = min(workers, len(jobs))
+    if workers > 1:
+        # spawn: a fork of a process that already runs torch/OpenCV thread pools can deadlock
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=cv2.setNumThreads,
+                                                       initargs=(1,)) as pool:
+            pool.map(_render_items, jobs, chunksize=1)
+    else:
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)  # small images: OpenCV's thread pool only adds overhead
+        try:
+            for job in jobs:
+                _render_items(job)
+        finally:
+            cv2.setNumThreads(threads)
+    made.write_index(root, items)
+    info = {"generator": CLASSIFY_VERSION, "dataset": dataset, "digest": embedded.digest(),
+            "synth_digest": spec.digest(), "synth": asdict(spec), "embedded": asdict(embedded),
+            "classes": made.class_names(), "train_counts": made.counts("train")}
+    (root / "spec.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def ensure_embedded(dataset: str, spec: SynthSpec, embedded: EmbeddedClassSpec, cache_root: Path,
+                    workers: int = 1) -> Path:
+    """Return `<cache_root>/synth-<spec digest>-<dataset>-<embedded digest>`, generating it first if
+    needed, as synth.ensure_synth does: into a hidden sibling folder renamed into place when complete
+    (the first of concurrent generators wins); `workers > 1` spawns processes."""
+    if dataset not in _SETS:
+        raise ValueError(f"unknown embedded classification set {dataset!r}; expected one of {tuple(_SETS)}")
+    cache_root = Path(cache_root)
+    final = cache_root / f"synth-{spec.digest()}-{dataset}-{embedded.digest()}"
+    if final.is_dir():
+        return final
+    cache_root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(cache_root, final.name)
+    tmp = cache_root / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _generate(dataset, spec, embedded, tmp, workers)
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,135 @@
+"""Semi-supervised ImageNet (docs/protocols.md 5.4): fine-tune the whole network on SimCLR's 1% or
+10% subset of the training images, test on val (top-1 and top-5 on the centre crop).
+
+Global pool -> Linear, SGD momentum 0.9, 20 epochs with lr x 0.2 at 12 and 16, the head's lr a
+multiple of the backbone's. Defaults: the paper's lrs (backbone 0.01, head 1) with the official
+configs' weight decay (5e-4 at 1%, 1e-4 at 10%; the paper says 0 at 1%). `grid: true` runs the
+official search instead (backbone lr 0.001 / 0.01 / 0.1 x head multiplier 1 / 10 / 100), records
+every point and marks the best on val, as the official scripts choose. Each fine-tuning run
+checkpoints every epoch and resumes where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from orl_bench.registry import TASKS
+from orl_bench.tasks.base import BackboneRef
+from orl_bench.tasks.classify import (ClassificationParams, ClassificationTask, Schedule, chance_record, run_epochs,
+                                      test_transform, topk_correct, train_transform)
+
+OFFICIAL_BACKBONE_LRS = (0.001, 0.01, 0.1)
+OFFICIAL_HEAD_MULTIPLIERS = (1.0, 10.0, 100.0)
+
+
+@dataclass(frozen=True)
+class SemiParams(ClassificationParams):
+    epochs: int = 20
+    milestones: tuple[int, ...] = (12, 16)  # lr x 0.2 at each
+    batch_size: int = 256
+    backbone_lr: float = 0.01  # the paper's
+    head_lr_multiplier: float = 100.0  # head lr = backbone lr x this (the paper's head lr 1)
+    weight_decay: float = 5e-4  # official config at 1% (the paper: 0)
+    grid: bool = False  # the official 3 x 3 lr search, best on val
+
+    def schedule(self) -> Schedule:
+        return Schedule(self.epochs, self.milestones, 0.2, self.batch_size, 0.9)
+
+
+@dataclass(frozen=True)
+class Semi10Params(SemiParams):
+    weight_decay: float = 1e-4  # official config and paper at 10%
+
+
+class FineTuned(nn.Module):
+    def __init__(self, backbone: nn.Module, features: int, classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(features, classes)
+        nn.init.normal_(self.head.weight, 0.0, 0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))  # the backbone's forward ends in the global pool
+
+
+class SemiSupervised(ClassificationTask):
+    DATASET = "imagenet"
+    SUBSET = ""
+    Params = SemiParams
+
+    def fine_tune(self, ref: BackboneRef, train, val, backbone_lr: float, multiplier: float) -> dict[str, Any]:
+        p: SemiParams = self.params
+        f, schedule = self.cfg.features, p.schedule()
+        torch.manual_seed(p.seed)
+        model = FineTuned(copy.deepcopy(ref.backbone), ref.backbone.num_features, len(train.classes))
+        model = model.to(self.device, memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD([{"params": model.backbone.parameters(), "lr": backbone_lr},
+                                     {"params": model.head.parameters(), "lr": backbone_lr * multiplier}],
+                                    lr=backbone_lr, momentum=schedule.momentum, weight_decay=p.weight_decay)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(schedule.milestones), schedule.gamma)
+        transform = train_transform(f.size, jitter=False)
+
+        def epoch(index: int) -> float:
+            model.train()
+            total, count = 0.0, 0
+            for images, targets in self.loader(train, transform, p.batch_size, True, index):
+                logits = model(images.to(self.device, memory_format=torch.channels_last))
+                loss = F.cross_entropy(logits, targets.to(self.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, count = total + loss.item() * len(targets), count + len(targets)
+            return total / count
+
+        run = f"-lr{backbone_lr:g}-x{multiplier:g}" if p.grid else ""
+        losses = run_epochs(self.state_path(ref.sha256, run), {"model": model}, optimizer, scheduler,
+                            schedule.epochs, p.seed, epoch)
+        model.eval()
+        correct, seen = {1: 0, 5: 0}, 0
+        with torch.no_grad():
+            for images, targets in self.loader(val, test_transform(f.resize_short, f.size), p.batch_size, False):
+                logits = model(images.to(self.device, memory_format=torch.channels_last)).cpu()
+                for k, n in topk_correct(logits, targets).items():
+                    correct[k] += n
+                seen += len(targets)
+        return {"top1": 100 * correct[1] / seen, "top5": 100 * correct[5] / seen, "final_train_loss": losses[-1],
+                "backbone_lr": backbone_lr, "head_lr": backbone_lr * multiplier}
+
+    def evaluate(self, ref: BackboneRef) -> list[dict[str, Any]]:
+        p: SemiParams = self.params
+        train, val = self.split("train", self.SUBSET), self.split("val")
+        if train.classes != val.classes:
+            raise ValueError(f"the {self.SUBSET} subset and val class lists differ ({len(train.classes)} vs "
+                             f"{len(val.classes)} classes)")
+        points = list(itertools.product(OFFICIAL_BACKBONE_LRS, OFFICIAL_HEAD_MULTIPLIERS)) if p.grid \
+            else [(p.backbone_lr, p.head_lr_multiplier)]
+        results = [self.fine_tune(ref, train, val, lr, multiplier) for lr, multiplier in points]
+        best = max(range(len(results)), key=lambda i: results[i]["top1"])
+        dataset = val.key.rsplit("-", 1)[0]
+        protocol = (f"semi-supervised: fine-tune all layers on the {self.SUBSET} subset, SGD {p.epochs} epochs, "
+                    f"lr x0.2 at {list(p.milestones)}, weight decay {p.weight_decay:g}; "
+                    + ("official grid, best on val" if p.grid else "fixed lrs"))
+        return [{"metric": "top1", "value": round(r["top1"], 4), "top5": round(r["top5"], 4), "layer": "res5_gap",
+                 "best": i == best, "subset": self.SUBSET, "dataset": dataset, "protocol": protocol,
+                 "backbone_lr": r["backbone_lr"], "head_lr": r["head_lr"], "weight_decay": p.weight_decay,
+                 "final_train_loss": round(r["final_train_loss"], 6),
+                 "images": {"train": len(train.paths), "val": len(val.paths)}}
+                for i, r in enumerate(results)] + [chance_record(val, dataset)]
+
+
+@TASKS.register("semi_imagenet_1pct")
+class SemiImageNet1(SemiSupervised):
+    SUBSET = "1percent"
+
+
+@TASKS.register("semi_imagenet_10pct")
+class SemiImageNet10(SemiSupervised):
+    SUBSET = "10percent"
+    Params = Semi10Params

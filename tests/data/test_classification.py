@@ -1,0 +1,356 @@
+"""Classification sets: the real-format loaders (ImageNet + SimCLR subsets, Places205, iNat18) on
+fixtures written here, their errors, and the embedded sets generated in those formats."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from orl_bench.config import DataConfig
+from orl_bench.data import synth_classify
+from orl_bench.data.classification import (CLASSIFICATION_DATASETS, IMAGENET_SUBSETS, EmbeddedClassSpec,
+                                           classification_split, load_imagenet, load_inat18, load_places205)
+from orl_bench.data.images import DatasetLayoutError
+from orl_bench.data.synth import SynthSpec
+from orl_bench.data.synth_classify import ensure_embedded
+from orl_bench.data.synth_scene import ObjectPlan, ScenePlan, category_names, category_table, render_scene
+
+
+def _image(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (20, 90, 200)).save(path)
+    return path
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --- ImageNet ---
+
+@pytest.fixture
+def imagenet(tmp_path) -> Path:
+    for name in ("n002/n002_7.JPEG", "n001/n001_2.JPEG", "n001/n001_10.JPEG"):
+        _image(tmp_path / "train" / name)
+    for name in ("n001/ILSVRC2012_val_00000001.JPEG", "n002/ILSVRC2012_val_00000002.JPEG"):
+        _image(tmp_path / "val" / name)
+    (tmp_path / "imagenet_subsets").mkdir()
+    (tmp_path / "imagenet_subsets" / "1percent.txt").write_text("n002_7.JPEG\nn001_2.JPEG\n\n")
+    return tmp_path
+
+
+def test_imagenet_splits_and_subset(imagenet):
+    train = load_imagenet(imagenet, "train")
+    assert train.classes == ["n001", "n002"] and train.key == "imagenet-train"
+    assert [p.relative_to(imagenet).as_posix() for p in train.paths] == [
+        "train/n001/n001_10.JPEG", "train/n001/n001_2.JPEG", "train/n002/n002_7.JPEG"]
+    assert train.targets.tolist() == [0, 0, 1] and train.targets.dtype == np.int64
+    subset = classification_split(DataConfig(source="imagenet", root=str(imagenet)), EmbeddedClassSpec(), imagenet,
+                                  "imagenet", "train", "1percent")
+    assert [p.name for p in subset.paths] == ["n001_2.JPEG", "n002_7.JPEG"]  # in train order
+    assert subset.targets.tolist() == [0, 1] and subset.key == "imagenet-train-1percent"
+    val = load_imagenet(imagenet, "val")
+    assert val.targets.tolist() == [0, 1] and val.classes == train.classes
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "10percent.txt does not exist"),
+    ("\n  \n", "10percent.txt is empty"),
+    ("n001_2.JPEG\nn003_1.JPEG\nn002_2.JPEG\n",
+     "2 of the 3 names in .* are not train images: n003_1.JPEG, n002_2.JPEG"),
+])
+def test_imagenet_subset_errors(imagenet, content, expected):
+    if content is not None:
+        (imagenet / "imagenet_subsets" / "10percent.txt").write_text(content)
+    with pytest.raises(DatasetLayoutError, match=expected) as e:
+        load_imagenet(imagenet, "train", "10percent")
+    assert "imagenet_subsets/1percent.txt, 10percent.txt" in str(e.value)  # shows the layout
+
+
+def test_imagenet_missing_split_and_bad_subset_arguments(imagenet):
+    shutil.rmtree(imagenet / "val")
+    (imagenet / "val").mkdir()
+    with pytest.raises(DatasetLayoutError, match="(?s)holds no class folders.*expected class folders"):
+        load_imagenet(imagenet, "val")
+    data = DataConfig(source="imagenet", root=str(imagenet))
+    for dataset, split, subset in (("imagenet", "train", "5percent"), ("imagenet", "val", "1percent"),
+                                   ("places205", "train", "1percent")):
+        with pytest.raises(ValueError, match=r"subsets are of imagenet train only, one of \('1percent', '10percent'\)"):
+            classification_split(data, EmbeddedClassSpec(), imagenet, dataset, split, subset)
+
+
+# --- Places205 ---
+
+_PLACES_CSV = ("a/abbey/gsun_0003586c3eedd97457b2d729ebfe18b5.jpg 0\n"
+               "f/field/wild/gsun_11.jpg 1\n"
+               "a/abbey/gsun_12.jpg 0\n")
+
+
+@pytest.fixture
+def places(tmp_path) -> Path:
+    (tmp_path / "trainvalsplit_places205").mkdir()
+    for split in ("train", "val"):
+        (tmp_path / "trainvalsplit_places205" / f"{split}_places205.csv").write_text(_PLACES_CSV)
+    for line in _PLACES_CSV.splitlines():
+        _image(tmp_path / "images256" / line.split()[0])
+    return tmp_path
+
+
+def test_places205_reads_csv_and_images(places):
+    split = classification_split(DataConfig(source="places205", root=str(places)), EmbeddedClassSpec(), places,
+                                 "places205", "val")
+    assert split.classes == ["abbey", "field/wild"] and split.key == "places205-val"
+    assert split.targets.tolist() == [0, 1, 0]
+    assert split.paths[1] == places / "images256" / "f" / "field" / "wild" / "gsun_11.jpg"
+    # the archive's own folder layout is accepted too
+    deep = places / "data" / "vision" / "torralba" / "deeplearning"
+    deep.mkdir(parents=True)
+    (places / "images256").rename(deep / "images256")
+    assert load_places205(places, "train").paths[0].is_relative_to(deep)
+
+
+@pytest.mark.parametrize("csv, expected", [
+    ("a/abbey/gsun_12.jpg 0\nabbey.jpg 0\n", r"line 2: 'abbey.jpg 0' is not '<letter>/<class>/<image> <label>'"),
+    ("a/abbey/gsun_12.jpg zero\n", r"line 1: .* is not '<letter>/<class>/<image> <label>'"),
+    ("a/abbey/gsun_12.jpg 0\nf/field/wild/gsun_11.jpg 0\n",
+     "line 2: label 0 given to class 'field/wild', but line 1 gave it to 'abbey'"),
+    ("a/abbey/gsun_12.jpg 0\nf/field/wild/gsun_11.jpg 1\na/abbey/gsun_0003586c3eedd97457b2d729ebfe18b5.jpg 1\n",
+     "line 3: label 1 given to class 'abbey', but line 2 gave it to 'field/wild'"),
+    ("a/abbey/gsun_12.jpg 0\na/abbey/gsun_0003586c3eedd97457b2d729ebfe18b5.jpg 2\n",
+     "line 2: class 'abbey' given label 2, but line 1 gave it 0"),
+    ("f/field/wild/gsun_11.jpg 1\n", r"labels must run 0..C-1, but 1 are unused: 0"),
+    ("\n", "lists no images"),
+    ("a/abbey/gsun_12.jpg 0\na/abbey/gsun_404.jpg 0\nf/field/wild/gsun_405.jpg 1\n",
+     r"2 of the 3 listed images are missing: .*gsun_404.jpg, .*gsun_405.jpg"),
+])
+def test_places205_malformed_csv(places, csv, expected):
+    (places / "trainvalsplit_places205" / "train_places205.csv").write_text(csv)
+    with pytest.raises(DatasetLayoutError, match=expected) as e:
+        load_places205(places, "train")
+    assert "expected Places205" in str(e.value) and "images256/a/abbey/" in str(e.value)
+
+
+def test_places205_missing_files(places):
+    (places / "trainvalsplit_places205" / "val_places205.csv").unlink()
+    with pytest.raises(DatasetLayoutError, match="(?s)val_places205.csv does not exist.*trainvalsplit_places205/"):
+        load_places205(places, "val")
+    (places / "images256").rename(places / "elsewhere")
+    with pytest.raises(DatasetLayoutError, match="(?s)no image folder .*images256 .*expected Places205"):
+        load_places205(places, "train")
+
+
+# --- iNat18 ---
+
+def _inat_json(split: str) -> dict:
+    categories = [{"id": 7, "name": "Quercus alba", "supercategory": "Plantae"},
+                  {"id": 3, "name": "Bufo bufo", "supercategory": "Amphibia"},
+                  {"id": 12, "name": "Parus major", "supercategory": "Aves"}]
+    cats = (7, 3, 12) if split == "train" else (3, 3)  # val lacks two categories
+    images = [{"id": 100 + i, "file_name": f"train_val2018/x/{c}/{split}{i}.jpg", "width": 4, "height": 4}
+              for i, c in enumerate(cats)]
+    annotations = [{"id": i, "image_id": 100 + i, "category_id": c} for i, c in enumerate(cats)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+@pytest.fixture
+def inat(tmp_path) -> Path:
+    for split in ("train", "val"):
+        data = _inat_json(split)
+        (tmp_path / f"{split}2018.json").write_text(json.dumps(data))
+        for im in data["images"]:
+            _image(tmp_path / im["file_name"])
+    return tmp_path
+
+
+def test_inat18_maps_sorted_category_ids(inat):
+    train = classification_split(DataConfig(source="inat18", root=str(inat)), EmbeddedClassSpec(), inat,
+                                 "inat18", "train")
+    assert train.classes == ["Bufo bufo", "Quercus alba", "Parus major"]  # ids 3, 7, 12
+    assert train.targets.tolist() == [1, 0, 2] and train.key == "inat18-train"
+    assert train.paths[0] == inat / "train_val2018" / "x" / "7" / "train0.jpg"
+    val = load_inat18(inat, "val")
+    assert val.classes == train.classes and val.targets.tolist() == [0, 0]
+
+
+def _drop_key(data: dict, where: str, key: str) -> None:
+    del (data if where == "top" else data[where][0])[key]
+
+
+def _list_absent_image(data: dict) -> None:
+    data["images"].append({"id": 200, "file_name": "train_val2018/x/7/gone.jpg"})
+    data["annotations"].append({"id": 9, "image_id": 200, "category_id": 7})
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda d: _drop_key(d, "top", "annotations"), "no 'annotations' list"),
+    (lambda d: _drop_key(d, "categories", "name"), r"categories\[0\] lacks 'name'"),
+    (lambda d: _drop_key(d, "images", "file_name"), r"images\[0\] lacks 'file_name'"),
+    (lambda d: d["annotations"].pop(1), "1 images have no annotation, e.g. ids 101"),
+    (lambda d: d["annotations"].append({"id": 9, "image_id": 100, "category_id": 3}),
+     "image 100 has annotations of two categories"),
+    (lambda d: d["annotations"][0].update(category_id=99), r"annotations\[0\] refers to image 100 / category 99"),
+    (_list_absent_image, "1 of the 4 listed images are missing: .*gone.jpg"),
+    (lambda d: d["categories"].append({"id": 3, "name": "again"}), "category ids repeat"),
+])
+def test_inat18_malformed_json(inat, edit, expected):
+    data = _inat_json("train")
+    edit(data)
+    (inat / "train2018.json").write_text(json.dumps(data))
+    with pytest.raises(DatasetLayoutError, match=expected) as e:
+        load_inat18(inat, "train")
+    assert "expected iNaturalist 2018" in str(e.value) and "train2018.json, val2018.json" in str(e.value)
+
+
+def test_inat18_missing_or_broken_file(inat):
+    (inat / "val2018.json").write_text("{not json")
+    with pytest.raises(DatasetLayoutError, match="val2018.json is not valid JSON"):
+        load_inat18(inat, "val")
+    (inat / "val2018.json").unlink()
+    with pytest.raises(DatasetLayoutError, match="(?s)val2018.json does not exist.*expected iNaturalist 2018"):
+        load_inat18(inat, "val")
+
+
+# --- sources ---
+
+def test_source_must_match_the_dataset(tmp_path, monkeypatch):
+    with pytest.raises(ValueError,
+                       match="data.source 'coco' cannot provide imagenet; expected 'synth' .* or 'imagenet'"):
+        classification_split(DataConfig(source="coco"), EmbeddedClassSpec(), tmp_path, "imagenet", "train")
+    with pytest.raises(ValueError, match=r"unknown classification dataset 'cifar'; expected one of \('imagenet'"):
+        classification_split(DataConfig(), EmbeddedClassSpec(), tmp_path, "cifar", "train")
+    with pytest.raises(ValueError, match=r"unknown inat18 split 'test'; expected one of \('train', 'val'\)"):
+        classification_split(DataConfig(), EmbeddedClassSpec(), tmp_path, "inat18", "test")
+    monkeypatch.delenv("ORL_BENCH_PLACES205", raising=False)
+    with pytest.raises(DatasetLayoutError, match="set data.root .* or the ORL_BENCH_PLACES205 environment variable"):
+        classification_split(DataConfig(source="places205"), EmbeddedClassSpec(), tmp_path, "places205", "val")
+    assert not (tmp_path / "data").exists()  # nothing generated for a rejected request
+
+
+def test_embedded_spec_digest_and_validation():
+    assert re.fullmatch(r"[0-9a-f]{12}", EmbeddedClassSpec().digest())
+    assert EmbeddedClassSpec(val_per_class=3).digest() != EmbeddedClassSpec().digest()
+    with pytest.raises(ValueError, match="1 <= min_train_per_class <= train_per_class"):
+        EmbeddedClassSpec(train_per_class=3)
+    with pytest.raises(ValueError, match="val_per_class >= 1"):
+        EmbeddedClassSpec(val_per_class=0)
+
+
+def test_scene_plan_dictates_objects_and_background():
+    plan = ScenePlan((ObjectPlan(2, (0.5, 0.6), ((0.45, 0.55), (0.45, 0.55))), ObjectPlan(4, (0.1, 0.2))),
+                     ((80.0, 80.0), (80.0, 80.0)))
+    image, objects = render_scene(np.random.default_rng(0), 64, 64, 6, 1, 1, plan=plan)
+    assert [o.category for o in objects] == [2, 4]
+    assert 0.5 * 32 <= objects[0].radius <= 0.6 * 32 and 0.1 * 32 <= objects[1].radius <= 0.2 * 32
+    assert all(0.45 * 64 <= c <= 0.55 * 64 for c in objects[0].centre)
+    dark = render_scene(np.random.default_rng(0), 64, 64, 6, 1, 1,
+                        plan=ScenePlan(plan.objects, ((-80.0, -80.0), (-80.0, -80.0))))[0]
+    assert image.mean() > dark.mean() + 40
+    with pytest.raises(ValueError, match="planned category 6 is outside 0..5"):
+        render_scene(np.random.default_rng(0), 64, 64, 6, 1, 1, plan=ScenePlan((ObjectPlan(6, (0.2, 0.3)),)))
+
+
+# --- the embedded sets ---
+
+SPEC = SynthSpec(seed=5, num_categories=6, height=64, width=64)
+TINY = EmbeddedClassSpec(train_per_class=3, val_per_class=2, min_train_per_class=1)
+TAIL = EmbeddedClassSpec(train_per_class=6, val_per_class=2, min_train_per_class=1)  # inat18: a visible tail
+_EMBEDDED = {"imagenet": TINY, "places205": TINY, "inat18": TAIL}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """The three sets generated in one process; classification_split then finds them cached."""
+    root = tmp_path_factory.mktemp("embedded")
+    for dataset, embedded in _EMBEDDED.items():
+        ensure_embedded(dataset, SPEC, embedded, root / "data")
+    return root
+
+
+def _split(workdir: Path, dataset: str, split: str, subset: str | None = None):
+    return classification_split(DataConfig(source="synth", synth=SPEC), _EMBEDDED[dataset], workdir, dataset, split,
+                                subset)
+
+
+def test_embedded_sets_are_cached_under_their_digests(workdir, monkeypatch):
+    monkeypatch.setattr(synth_classify, "_generate", lambda *a: pytest.fail("regenerated a cached set"))
+    for dataset in CLASSIFICATION_DATASETS:
+        split = _split(workdir, dataset, "train")
+        name = f"synth-{SPEC.digest()}-{dataset}-{_EMBEDDED[dataset].digest()}"
+        assert split.key == f"{name}-train" and split.paths[0].is_relative_to(workdir / "data" / name)
+        assert json.loads((workdir / "data" / name / "spec.json").read_text())["classes"]
+    subset = _split(workdir, "imagenet", "train", "10percent")
+    assert subset.key == f"synth-{SPEC.digest()}-imagenet-{TINY.digest()}-train-10percent"
+
+
+def test_embedded_imagenet(workdir):
+    classes = sorted(category_names(6))
+    for split, per_class in (("train", 3), ("val", 2)):
+        s = _split(workdir, "imagenet", split)
+        assert s.classes == classes and np.bincount(s.targets).tolist() == [per_class] * 6
+        assert all(p.suffix == ".JPEG" and p.name.startswith(s.classes[t] + "_") and p.parent.name == s.classes[t]
+                   for p, t in zip(s.paths, s.targets))
+        with Image.open(s.paths[0]) as im:
+            assert im.format == "JPEG" and im.size == (64, 64)
+    train = _split(workdir, "imagenet", "train")
+    for subset in IMAGENET_SUBSETS:
+        s = _split(workdir, "imagenet", "train", subset)
+        expected = max(1, round(synth_classify.SUBSET_FRACTIONS[subset] * 3))
+        assert np.bincount(s.targets, minlength=6).tolist() == [expected] * 6
+        assert set(s.paths) <= set(train.paths)
+
+
+def test_embedded_places205(workdir):
+    for split, per_class in (("train", 3), ("val", 2)):
+        s = _split(workdir, "places205", split)
+        assert len(s.classes) == 10 and s.classes == sorted(s.classes)
+        assert all(re.fullmatch(r"[a-z]+", c) for c in s.classes)
+        assert np.bincount(s.targets).tolist() == [per_class] * 10
+        for p, t in zip(s.paths, s.targets):
+            letter, cls = p.parent.parent.name, p.parent.name
+            assert cls == s.classes[t] and letter == cls[0] and re.fullmatch(r"gsun_[0-9a-f]{32}\.jpg", p.name)
+
+
+def test_embedded_inat18_is_long_tailed(workdir):
+    train, val = _split(workdir, "inat18", "train"), _split(workdir, "inat18", "val")
+    assert train.classes == val.classes and len(train.classes) == 6 * 3
+    counts = np.bincount(train.targets, minlength=18)
+    tail = [max(1, round(6 * (rank + 1) ** -0.8)) for rank in range(18)]
+    assert sorted(counts.tolist(), reverse=True) == tail  # non-increasing along the shuffled order
+    assert counts.tolist() != tail  # shuffled: the head is not species 0, 1, ...
+    assert np.bincount(val.targets).tolist() == [2] * 18
+    root = train.paths[0].parents[3]
+    data = json.loads((root / "train2018.json").read_text())
+    shapes = [shape for _, shape in category_table(6)]
+    assert {c["supercategory"] for c in data["categories"]} == set(shapes)
+    for p, t in zip(train.paths, train.targets):
+        assert p.parent.name == str(t) and p.parent.parent.name in shapes and p.parts[-4] == "train_val2018"
+    val_images = json.loads((root / "val2018.json").read_text())["images"]
+    ids = [im["id"] for im in data["images"] + val_images]
+    assert len(set(ids)) == len(ids)  # unique across train and val, as in the real files
+
+
+def test_embedded_bytes_do_not_depend_on_workers_and_follow_the_seed(workdir, tmp_path, monkeypatch):
+    reference = _tree(ensure_embedded("places205", SPEC, TINY, workdir / "data"))
+    monkeypatch.setattr(synth_classify, "_CHUNK", 7)  # many chunks, split unevenly over the workers
+    parallel = ensure_embedded("places205", SPEC, TINY, tmp_path, workers=2)
+    assert _tree(parallel) == reference
+    reseeded = _tree(ensure_embedded("places205", SynthSpec(seed=6, num_categories=6, height=64, width=64), TINY,
+                                     tmp_path))
+    images = sorted(k for k in reference if k.endswith(".jpg"))
+    assert sorted(k for k in reseeded if k.endswith(".jpg")) == images  # names from (split, index) alone
+    assert all(reseeded[k] != reference[k] for k in images)
+
+
+def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
+    def crash(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth_classify, "_render_items", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_embedded("imagenet", SPEC, TINY, tmp_path)
+    assert list(tmp_path.iterdir()) == []
