@@ -21,7 +21,7 @@ from orl_bench.config import (RECIPE_KINDS, ConfigError, DataConfig, apply_overr
 from orl_bench.data.images import DatasetLayoutError
 from orl_bench.engine.checkpoint import CheckpointError, load_backbone, read_manifest
 from orl_bench.engine.distributed import init_distributed
-from orl_bench.engine.export import export
+from orl_bench.engine.export import FORMATS, export
 from orl_bench.engine.trainer import TrainingDiverged
 from orl_bench.methods.orl.correspondence import Correspondences
 from orl_bench.methods.orl.pair_quality import pair_quality
@@ -336,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="convert an artifact's backbone for other frameworks")
     p.add_argument("artifact", help="artifact folder")
-    p.add_argument("--format", choices=("torchvision",), default="torchvision")
-    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=FORMATS, default="torchvision",
+                   help="torchvision: a .pth state dict; detectron2: a .pkl for MODEL.WEIGHTS (COCO transfer)")
+    p.add_argument("--out", required=True, help="file to write (.pkl for detectron2)")
     p.set_defaults(fn=cmd_export)
     return parser
 

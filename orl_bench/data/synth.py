@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -277,24 +278,29 @@ def _remove_stale_temps(cache_root: Path, name: str) -> None:
 
 
 def ensure_synth(spec: SynthSpec, cache_root: Path, workers: int = 1) -> Path:
-    """Return `<cache_root>/synth-<digest>`, generating it first if needed.
+    """Return `<cache_root>/synth-<digest>`, generating it first if needed (`build_once`).
+
+    `workers > 1` uses spawned processes, so a calling script needs the usual
+    `if __name__ == "__main__":` guard.
+    """
+    return build_once(Path(cache_root) / f"synth-{spec.digest()}", lambda tmp: _generate(spec, tmp, workers))
+
+
+def build_once(final: Path, generate: Callable[[Path], None]) -> Path:
+    """`final`, made by `generate(folder)` if it does not exist yet.
 
     Generation writes into a hidden sibling folder that is renamed into place only when complete,
     so an interrupted run never leaves a partial dataset at the final path. Concurrent callers
     (e.g. several ranks) may each generate; the first rename wins and the others discard theirs.
-    `workers > 1` uses spawned processes, so a calling script needs the usual
-    `if __name__ == "__main__":` guard.
     """
-    cache_root = Path(cache_root)
-    final = cache_root / f"synth-{spec.digest()}"
     if final.is_dir():
         return final
-    cache_root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(cache_root, final.name)
-    tmp = cache_root / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(final.parent, final.name)
+    tmp = final.parent / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _generate(spec, tmp, workers)
+        generate(tmp)
         os.rename(tmp, final)
     except OSError:
         if not final.is_dir():

@@ -34,9 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
-import shutil
-import socket
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +41,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from orl_bench.data.synth import _JPEG_QUALITY, SynthSpec, _remove_stale_temps, image_rng
+from orl_bench.data.synth import _JPEG_QUALITY, SynthSpec, build_once, image_rng
 from orl_bench.data.synth_scene import ObjectPlan, ScenePlan, category_names, category_table, render_scene
 
 CLASSIFY_VERSION = 1  # bump when the output changes for unchanged specs: new cache key
@@ -367,24 +364,8 @@ def _generate(dataset: str, spec: SynthSpec, embedded: EmbeddedClassSpec, root: 
 def ensure_embedded(dataset: str, spec: SynthSpec, embedded: EmbeddedClassSpec, cache_root: Path,
                     workers: int = 1) -> Path:
     """Return `<cache_root>/synth-<spec digest>-<dataset>-<embedded digest>`, generating it first if
-    needed, as synth.ensure_synth does: into a hidden sibling folder renamed into place when complete
-    (the first of concurrent generators wins); `workers > 1` spawns processes."""
+    needed (synth.build_once); `workers > 1` spawns processes."""
     if dataset not in _SETS:
         raise ValueError(f"unknown embedded classification set {dataset!r}; expected one of {tuple(_SETS)}")
-    cache_root = Path(cache_root)
-    final = cache_root / f"synth-{spec.digest()}-{dataset}-{embedded.digest()}"
-    if final.is_dir():
-        return final
-    cache_root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(cache_root, final.name)
-    tmp = cache_root / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _generate(dataset, spec, embedded, tmp, workers)
-        os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    final = Path(cache_root) / f"synth-{spec.digest()}-{dataset}-{embedded.digest()}"
+    return build_once(final, lambda tmp: _generate(dataset, spec, embedded, tmp, workers))

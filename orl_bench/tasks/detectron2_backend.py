@@ -1,0 +1,127 @@
+"""The detectron2 backend of COCO Mask R-CNN transfer: a config file, and a launcher.
+
+The config is Mask R-CNN R50-FPN on COCO 2017 as MoCo and ORL fine-tune it: the exported .pkl
+(`orl-bench export --format detectron2`) as MODEL.WEIGHTS, torchvision's RGB normalisation (the
+backbone was pretrained on torchvision-normalised RGB, not Caffe2's BGR), the stride on the 3x3
+conv (torchvision's Bottleneck), SyncBN everywhere the pretrained statistics are fine-tuned, and
+ORL's 4conv1fc box head. Generating it needs no detectron2; only `launch_detectron2` does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orl_bench.config import ConfigError
+from orl_bench.io import atomic_write_text
+
+# ImageNet mean/std in 0..255 RGB: what torchvision's transforms normalise with.
+PIXEL_MEAN = [123.675, 116.280, 103.530]
+PIXEL_STD = [58.395, 57.120, 57.375]
+# (NAME, NUM_CONV, NUM_FC) of the box head: ORL's 4conv1fc, or detectron2's default 2fc.
+BOX_HEADS = {"4conv1fc": ("FastRCNNConvFCHead", 4, 1), "2fc": ("FastRCNNConvFCHead", 0, 2)}
+FPN_LEVELS = ["p2", "p3", "p4", "p5", "p6"]
+
+INSTALL_HINT = ("install it to match your torch and CUDA build: pip install "
+                "'git+https://github.com/facebookresearch/detectron2.git' (see "
+                "https://detectron2.readthedocs.io/en/latest/tutorials/install.html); or use the built-in "
+                "backend instead: --set task.params.backend=torchvision")
+
+
+def maskrcnn_config(weights: Path, output_dir: Path, *,
+                    min_size_train: tuple[int, ...] = tuple(range(640, 801, 32)), max_size_train: int = 1333,
+                    min_size_test: int = 800, max_size_test: int = 1333, ims_per_batch: int = 16,
+                    base_lr: float = 0.02, steps: tuple[int, ...] = (60000, 80000), max_iter: int = 90000,
+                    warmup_iters: int = 1000, box_head: str = "4conv1fc", norm: str = "SyncBN",
+                    freeze_at: int = 0, train_datasets: tuple[str, ...] = ("coco_2017_train",),
+                    test_datasets: tuple[str, ...] = ("coco_2017_val",)) -> dict[str, Any]:
+    """The detectron2 config (a nested dict of its keys) for Mask R-CNN R50-FPN, 1x by default.
+
+    `freeze_at=0` fine-tunes the stem and res2 too, as MoCo does: with SyncBN the pretrained
+    normalisation is trained rather than frozen. Sequences are lists, as YAML has no tuples.
+    """
+    if box_head not in BOX_HEADS:
+        raise ConfigError(f"unknown box head '{box_head}'; expected one of {', '.join(BOX_HEADS)}")
+    if list(steps) != sorted(steps) or (steps and steps[-1] >= max_iter):
+        raise ConfigError(f"solver steps {list(steps)} must increase and end before max_iter {max_iter}")
+    head, num_conv, num_fc = BOX_HEADS[box_head]
+    return {
+        "VERSION": 2,
+        "OUTPUT_DIR": str(output_dir),
+        "MODEL": {
+            "META_ARCHITECTURE": "GeneralizedRCNN",
+            "WEIGHTS": str(weights),
+            "MASK_ON": True,
+            "PIXEL_MEAN": PIXEL_MEAN,
+            "PIXEL_STD": PIXEL_STD,
+            "BACKBONE": {"NAME": "build_resnet_fpn_backbone", "FREEZE_AT": freeze_at},
+            "RESNETS": {"DEPTH": 50, "STRIDE_IN_1X1": False, "NORM": norm,
+                        "OUT_FEATURES": ["res2", "res3", "res4", "res5"]},
+            "FPN": {"IN_FEATURES": ["res2", "res3", "res4", "res5"], "NORM": norm},
+            "ANCHOR_GENERATOR": {"SIZES": [[32], [64], [128], [256], [512]], "ASPECT_RATIOS": [[0.5, 1.0, 2.0]]},
+            "RPN": {"IN_FEATURES": FPN_LEVELS, "PRE_NMS_TOPK_TRAIN": 2000, "PRE_NMS_TOPK_TEST": 1000,
+                    "POST_NMS_TOPK_TRAIN": 1000, "POST_NMS_TOPK_TEST": 1000},
+            "ROI_HEADS": {"NAME": "StandardROIHeads", "IN_FEATURES": FPN_LEVELS[:-1], "NUM_CLASSES": 80},
+            "ROI_BOX_HEAD": {"NAME": head, "NUM_CONV": num_conv, "NUM_FC": num_fc, "NORM": norm,
+                             "POOLER_RESOLUTION": 7},
+            "ROI_MASK_HEAD": {"NAME": "MaskRCNNConvUpsampleHead", "NUM_CONV": 4, "NORM": norm,
+                              "POOLER_RESOLUTION": 14},
+        },
+        "INPUT": {"FORMAT": "RGB", "MIN_SIZE_TRAIN": list(min_size_train), "MAX_SIZE_TRAIN": max_size_train,
+                  "MIN_SIZE_TEST": min_size_test, "MAX_SIZE_TEST": max_size_test},
+        "DATASETS": {"TRAIN": list(train_datasets), "TEST": list(test_datasets)},
+        "SOLVER": {"IMS_PER_BATCH": ims_per_batch, "BASE_LR": base_lr, "STEPS": list(steps),
+                   "MAX_ITER": max_iter, "WARMUP_ITERS": warmup_iters},
+        "TEST": {"PRECISE_BN": {"ENABLED": True}},
+    }
+
+
+def write_maskrcnn_config(weights: Path, output_dir: Path, **settings: Any) -> Path:
+    """Write `maskrcnn_config(...)` as `output_dir/config.yaml` (atomically) and return its path.
+
+    `weights` and `output_dir` are made absolute, so the config works from any directory.
+    """
+    output_dir = Path(output_dir).resolve()
+    cfg = maskrcnn_config(Path(weights).resolve(), output_dir, **settings)
+    path = output_dir / "config.yaml"
+    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _train(config_path: str, resume: bool) -> None:
+    """One process of a detectron2 training run (module level, so launch can spawn it)."""
+    from detectron2.config import get_cfg
+    from detectron2.engine import DefaultTrainer
+    from detectron2.evaluation import COCOEvaluator
+
+    class Trainer(DefaultTrainer):
+        @classmethod
+        def build_evaluator(cls, cfg, dataset_name):  # DefaultTrainer defines none: COCO box and mask AP
+            return COCOEvaluator(dataset_name, output_dir=str(Path(cfg.OUTPUT_DIR) / "inference"))
+
+    cfg = get_cfg()
+    cfg.merge_from_file(config_path)
+    cfg.freeze()
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
+
+
+def launch_detectron2(config_path: Path, *, num_gpus: int = 1, resume: bool = False) -> None:
+    """Train and evaluate the config with detectron2's DefaultTrainer on `num_gpus` GPUs of this
+    machine; with `resume` it continues from the last checkpoint in OUTPUT_DIR. The box and mask
+    AP land where detectron2 logs them: OUTPUT_DIR/metrics.json and OUTPUT_DIR/inference/.
+
+    detectron2 is imported here only, so the rest of orl-bench never needs it. This branch is not
+    exercised by the tests (detectron2 is not installed where they run); without detectron2 it
+    raises a ConfigError saying how to install it or which backend to use instead.
+    """
+    try:
+        from detectron2.engine import launch
+    except ImportError as e:
+        raise ConfigError(f"the detectron2 backend needs detectron2, which is not installed ({e}); "
+                          f"{INSTALL_HINT}") from e
+    if not Path(config_path).is_file():
+        raise ConfigError(f"detectron2 config {config_path} not found; expected the file write_maskrcnn_config wrote")
+    launch(_train, num_gpus, dist_url="auto", args=(str(config_path), resume))
