@@ -20,7 +20,8 @@ POINTS = ("train.step",  # after an optimiser step (and its checkpoint, if one w
           "stage2.roi",  # after one image's RoI embeddings are stored
           "features.layer",  # after one layer's features are cached
           "svm.class",  # after one class's SVM is trained, before the records are stored
-          "eval.epoch")  # after an evaluation's training epoch is checkpointed (linear, semi-supervised)
+          "eval.epoch",  # after an evaluation's training epoch is checkpointed (linear, semi-supervised)
+          "detection.checkpoint")  # after a Mask R-CNN fine-tuning checkpoint is written
 
 
 @functools.cache

@@ -1,0 +1,227 @@
+"""COCO Mask R-CNN detection and instance segmentation (Table 4, docs/protocols.md 5.6).
+
+Built-in backend: torchvision's Mask R-CNN around the pretrained backbone (loaded strictly, every
+stage trainable, BatchNorm in training mode, SyncBN when distributed), an FPN with norm, ORL's
+4conv1fc box head with norm (or torchvision's 2fc), a mask head with norm; multi-scale training
+(shorter side drawn from 640..800 step 32, longer side at most 1333), test at 800; SGD with the
+1x schedule (linear warm-up, lr x 0.1 at the steps), iteration-based, lr scaled with the batch.
+The run checkpoints every `checkpoint_every` iterations and resumes after kill -9 to the same
+weights (global generators seeded per iteration, data order per pass). Box and mask AP by
+pycocotools on the val split.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from orl_bench.config import config_hash, volatile
+from orl_bench.data.coco import CocoDataset
+from orl_bench.data.sources import real_root, synth_root
+from orl_bench.data.views import IMAGENET_MEAN, IMAGENET_STD
+from orl_bench.engine.checkpoint import CheckpointError, load_train_state, save_torch
+from orl_bench.engine.trainer import seed_globals
+from orl_bench.faults import fault_point
+from orl_bench.models.backbones import ResNet
+from orl_bench.registry import TASKS
+from orl_bench.tasks.base import BackboneRef, Task
+from orl_bench.tasks.detection_data import InstanceImages, check_instances, coco_ap, coco_results
+
+BOX_HEADS = ("4conv1fc", "2fc")
+STAGES = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
+
+
+@dataclass(frozen=True)
+class MaskRCNNParams:
+    backend: str = "torchvision"  # torchvision (built in) | detectron2 (when installed)
+    iterations: int = 90_000
+    batch_size: int = 16  # images per iteration, over all ranks
+    base_lr: float = 0.02  # at batch 16, scaled linearly with batch_size
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    steps: tuple[int, ...] = (60_000, 80_000)  # lr x 0.1 at each
+    min_size_train: tuple[int, ...] = tuple(range(640, 801, 32))
+    max_size: int = 1333
+    min_size_test: int = 800
+    fpn_channels: int = 256
+    box_head: str = "4conv1fc"  # ORL's config; 2fc is torchvision's / detectron2's default head
+    head_channels: int = 256  # box-head convs and mask-head convs
+    box_fc: int = 1024
+    norm: bool = True  # BatchNorm in FPN and heads (SyncBN when distributed)
+    rpn_post_nms_top_n_train: int = 1000
+    seed: int = 0
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    checkpoint_every: int = volatile(500)
+    num_workers: int = volatile(2)
+
+    def __post_init__(self) -> None:
+        if self.box_head not in BOX_HEADS:
+            raise ValueError(f"params.box_head must be one of {BOX_HEADS}, got '{self.box_head}'")
+        if list(self.steps) != sorted(self.steps) or any(not 0 < s < self.iterations for s in self.steps):
+            raise ValueError(f"params.steps must increase and lie within 1..iterations-1 ({self.iterations}), "
+                             f"got {list(self.steps)}")
+
+
+def stage_channels(backbone: ResNet) -> list[int]:
+    """Output channels of res2..res5 (the FPN's inputs)."""
+    return [stage[-1].conv3.out_channels if hasattr(stage[-1], "conv3") else stage[-1].conv2.out_channels
+            for stage in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)]
+
+
+def build_maskrcnn(backbone: ResNet, num_classes: int, p: MaskRCNNParams) -> MaskRCNN:
+    """Mask R-CNN on a copy of `backbone` (every stage trainable, BN in training mode)."""
+    norm = nn.BatchNorm2d if p.norm else None
+    body = BackboneWithFPN(copy.deepcopy(backbone), STAGES, stage_channels(backbone), p.fpn_channels,
+                           LastLevelMaxPool(), norm_layer=norm)
+    if p.box_head == "4conv1fc":
+        box_head = FastRCNNConvFCHead((p.fpn_channels, 7, 7), [p.head_channels] * 4, [p.box_fc], norm_layer=norm)
+    else:
+        box_head = TwoMLPHead(p.fpn_channels * 7 * 7, p.box_fc)
+    return MaskRCNN(body, min_size=p.min_size_train, max_size=p.max_size, image_mean=list(IMAGENET_MEAN),
+                    image_std=list(IMAGENET_STD), rpn_post_nms_top_n_train=p.rpn_post_nms_top_n_train,
+                    box_head=box_head, box_predictor=FastRCNNPredictor(p.box_fc, num_classes + 1),
+                    mask_head=MaskRCNNHeads(p.fpn_channels, [p.head_channels] * 4, 1, norm_layer=norm),
+                    mask_predictor=MaskRCNNPredictor(p.head_channels, p.head_channels, num_classes + 1))
+
+
+def load_backbone_strict(model: MaskRCNN, state: dict[str, torch.Tensor]) -> None:
+    """Load a torchvision-named backbone state dict into the detector's ResNet body, strictly: a
+    missing or unexpected key is an error listing them."""
+    body = model.backbone.body
+    expected, given = set(body.state_dict()), set(state)
+    if expected != given:
+        missing, extra = sorted(expected - given), sorted(given - expected)
+        raise CheckpointError(f"backbone weights do not fit Mask R-CNN's ResNet: {len(missing)} missing keys "
+                              f"{missing[:8]}, {len(extra)} unexpected keys {extra[:8]}")
+    body.load_state_dict(state, strict=True)
+
+
+def lr_factor(iteration: int, p: MaskRCNNParams) -> float:
+    """Linear warm-up from warmup_factor to 1 over warmup_iters, then x 0.1 at each step."""
+    warm = 1.0 if iteration >= p.warmup_iters else p.warmup_factor + (1 - p.warmup_factor) * iteration / p.warmup_iters
+    return warm * 0.1 ** sum(iteration >= s for s in p.steps)
+
+
+def _collate(batch: list) -> tuple[list, list]:
+    return [image for image, _ in batch], [target for _, target in batch]
+
+
+def fine_tune(model: MaskRCNN, data: InstanceImages, p: MaskRCNNParams, state_path: Path,
+              device: torch.device) -> list[float]:
+    """Iteration-based SGD; resumes from `state_path`. Returns the loss of each logged iteration."""
+    lr = p.base_lr * p.batch_size / 16
+    decay, no_decay = [], []  # no weight decay on norm layers (detectron2's WEIGHT_DECAY_NORM 0)
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        (no_decay if isinstance(module, nn.modules.batchnorm._NormBase) else decay).extend(own)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": p.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=p.momentum)
+    iteration, losses = 0, []
+    if state_path.exists():
+        state = load_train_state(state_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        iteration, losses = state["iteration"], state["losses"]
+    per_pass = len(data) // p.batch_size
+    if per_pass == 0:
+        raise ValueError(f"params.batch_size {p.batch_size} is larger than the {len(data)} training images")
+    passes = iteration // per_pass
+    model.train()
+    while iteration < p.iterations:
+        # the pass's order from (seed, pass) alone; a resumed pass starts after its trained batches
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(p.seed * 1_000_003 + passes))
+        start = (iteration - passes * per_pass) * p.batch_size
+        data.pass_index = passes
+        loader = DataLoader(data, batch_size=p.batch_size, sampler=order[start:per_pass * p.batch_size].tolist(),
+                            collate_fn=_collate, num_workers=p.num_workers)
+        for images, targets in loader:
+            seed_globals(p.seed, iteration)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * lr_factor(iteration, p)
+            parts = model([im.to(device) for im in images], [{k: v.to(device) for k, v in t.items()} for t in targets])
+            loss = sum(parts.values())
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"Mask R-CNN loss is not finite at iteration {iteration + 1}: "
+                                   + ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            iteration += 1
+            losses.append(round(loss.item(), 6))
+            if iteration % p.checkpoint_every == 0 or iteration == p.iterations:
+                save_torch(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "iteration": iteration, "losses": losses})
+                fault_point("detection.checkpoint")
+            if iteration == p.iterations:
+                break
+        passes += 1
+    return losses
+
+
+@torch.no_grad()
+def evaluate_detector(model: MaskRCNN, data: InstanceImages, p: MaskRCNNParams, device: torch.device
+                      ) -> dict[str, dict[str, float]]:
+    model.eval()
+    model.transform.min_size = (p.min_size_test,)
+    category_of = {label: category for category, label in data.label_of.items()}
+    outputs, ids = [], []
+    loader = DataLoader(data, batch_size=4, collate_fn=_collate, num_workers=p.num_workers)
+    for images, _ in loader:
+        outputs += [{k: v.cpu() for k, v in out.items()} for out in model([im.to(device) for im in images])]
+    ids = [image.id for image in data.coco.images]
+    boxes, segms = coco_results(outputs, ids, category_of)
+    ann_file = str(data.coco.ann_file)
+    return {"box": coco_ap(ann_file, boxes, "bbox", ids), "mask": coco_ap(ann_file, segms, "segm", ids)}
+
+
+@TASKS.register("coco_maskrcnn")
+class CocoMaskRCNN(Task):
+    Params = MaskRCNNParams
+
+    def split(self, name: str) -> CocoDataset:
+        data = self.cfg.data
+        if data.source == "synth":
+            return CocoDataset(synth_root(data, self.workdir) / "coco", name)
+        if data.source in ("coco", "coco_plus"):
+            return CocoDataset(real_root(data), name)
+        raise ValueError(f"coco_maskrcnn reads COCO instances: data.source must be synth or coco, got {data.source}")
+
+    def evaluate(self, ref: BackboneRef) -> list[dict[str, Any]]:
+        p: MaskRCNNParams = self.params
+        if p.backend != "torchvision":
+            raise ValueError("params.backend=detectron2 is not wired into coco_maskrcnn yet; use torchvision")
+        train, val = self.split(p.train_split), self.split(p.val_split)
+        for split in (train, val):
+            check_instances(split)  # before any training
+        if [c["id"] for c in train.categories] != [c["id"] for c in val.categories]:
+            raise ValueError(f"{p.train_split} and {p.val_split} declare different categories")
+        torch.manual_seed(p.seed)
+        model = build_maskrcnn(ref.backbone, len(train.categories), p)
+        load_backbone_strict(model, ref.backbone.state_dict())
+        model.to(self.device)
+        settings = config_hash({"task": self.cfg.data, "params": p})[:12]
+        state_path = self.workdir / "evals" / f"coco_maskrcnn-{ref.sha256[:16]}-{settings}" / "state.pt"
+        losses = fine_tune(model, InstanceImages(train, flip_seed=p.seed), p, state_path, self.device)
+        ap = evaluate_detector(model, InstanceImages(val), p, self.device)
+        dataset = f"{self.cfg.data.source}-{val.split}" if self.cfg.data.source != "synth" else \
+            f"synth-{self.cfg.data.synth.digest()}-{val.split}"
+        common = {"layer": None, "dataset": dataset, "iterations": p.iterations, "batch_size": p.batch_size,
+                  "box_head": p.box_head, "final_train_loss": losses[-1] if losses else None,
+                  "protocol": f"Mask R-CNN R-FPN ({p.box_head} head, norm={p.norm}), {p.iterations} iterations, "
+                              f"train {p.min_size_train[0]}-{p.min_size_train[-1]} / test {p.min_size_test}",
+                  "images": {"train": len(train), "val": len(val)}}
+        return [{"metric": f"{kind}_AP", "value": round(ap[kind]["AP"], 4),
+                 **{f"{kind}_{name}": (round(v, 4) if v is not None else None) for name, v in ap[kind].items()},
+                 **common} for kind in ("box", "mask")]
