@@ -3,7 +3,7 @@
 For every (task, method) the best record is taken: the one marked `best` where the task marks one
 (linear probes: the best layer; semi-supervised with the grid: the best point), else the highest
 value over layers (SVM, kNN); low-shot rows are read at one k (`--k`). A method with several
-artifacts (seeds) shows their mean.
+artifacts (seeds) shows their mean. Only each task's newest configuration is read.
 
     python benchmarks/classification_summary.py /tmp/cls/results/records.jsonl --out results/embedded/classification_seed0.md
 """
@@ -23,9 +23,14 @@ METHODS = ("chance", "random", "byol", "orl", "supervised")
 
 def best_values(records: list[dict], k: int) -> dict[tuple[str, str], tuple[float, str]]:
     """(task, method) -> (mean over artifacts of the best value, the layers it came from)."""
+    latest = {}  # task -> the config of its newest record: an earlier configuration is not mixed in
+    for r in sorted(records, key=lambda r: r["timestamp"]):
+        latest[r["task"]] = r["task_config_hash"]
     per_artifact: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for r in records:
-        if r["task"] == "voc07_lowshot" and r.get("k") != k:
+        if r["task_config_hash"] != latest[r["task"]] and r["method"] != "chance":  # chance: the data's, stored once
+            continue
+        if r["task"] == "voc07_lowshot" and r["method"] != "chance" and r.get("k") != k:
             continue
         per_artifact[r["task"], r["method"], str(r.get("artifact_sha256"))].append(r)
     best: dict[tuple[str, str], list[dict]] = defaultdict(list)
