@@ -176,7 +176,7 @@ def evaluate_detector(model: MaskRCNN, data: InstanceImages, p: MaskRCNNParams, 
     model.eval()
     model.transform.min_size = (p.min_size_test,)
     category_of = {label: category for category, label in data.label_of.items()}
-    outputs, ids = [], []
+    outputs = []
     loader = DataLoader(data, batch_size=4, collate_fn=_collate, num_workers=p.num_workers)
     for images, _ in loader:
         outputs += [{k: v.cpu() for k, v in out.items()} for out in model([im.to(device) for im in images])]
