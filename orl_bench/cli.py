@@ -77,12 +77,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         cfg = pipeline.load_pretrain_config(args.method, args.recipe, pre_over)
         folder, timings = pipeline.ensure_pretrained(cfg, args.recipe, workdir, info, pre_over)
-        if not info.is_main:
+        if not (info.is_main or TASKS.get(args.task).distributed):
             return 0
         ref = pipeline.artifact_ref(folder)
         extra = pipeline.record_fields(cfg, folder)
     t_eval = time.perf_counter()
-    records, reused = pipeline.evaluate(task_cfg, ref, workdir, info.device, extra)
+    records, reused = pipeline.evaluate(task_cfg, ref, workdir, info.device, extra, info)
+    if not info.is_main:
+        return 0
     timings.update({"eval_s": round(time.perf_counter() - t_eval, 2), "eval_reused": reused,
                     "total_s": round(time.perf_counter() - t0, 2)})
     print(to_markdown(summarize(records, load_reference())))
@@ -104,7 +106,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    workdir = workdir_of(args)
+    workdir, info = workdir_of(args), init_distributed()
+    if not (info.is_main or TASKS.get(args.task).distributed):
+        return 0
     overrides = [o[len("task."):] if o.startswith("task.") else o for o in args.overrides]
     task_cfg = pipeline.load_task_config(args.task, args.recipe, overrides)
     if bool(args.artifact) == bool(args.checkpoint):
@@ -115,8 +119,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         ref = pipeline.checkpoint_ref(Path(args.checkpoint), args.arch, args.width, args.label)
         extra = {"config_hash": ref.sha256}
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    records, reused = pipeline.evaluate(task_cfg, ref, workdir, device, extra)
+    records, reused = pipeline.evaluate(task_cfg, ref, workdir, info.device, extra, info)
+    if not info.is_main:
+        return 0
     if reused:
         print("(stored records for this backbone and task config; delete them from the record store to recompute)")
     print(to_markdown(summarize(records, load_reference())))

@@ -219,13 +219,14 @@ def checkpoint_ref(path: Path, arch: str, width: int, label: str) -> BackboneRef
 
 
 def evaluate(task_cfg: TaskConfig, ref: BackboneRef, workdir: Path, device: torch.device,
-             extra: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], bool]:
+             extra: dict[str, Any] | None = None, info: DistInfo | None = None) -> tuple[list[dict[str, Any]], bool]:
     """Run one task on one backbone and append its records (all or none) to the record store.
 
     Evaluation is deterministic, so records already stored for the same backbone (sha256) and
     task config (hash) are returned instead of recomputed. Rows naming their own method (the
     chance level) carry no backbone and are appended only if the store lacks them. Returns (the
-    backbone's records plus the stored backbone-free ones of its datasets, reused).
+    backbone's records plus the stored backbone-free ones of its datasets, reused). Under torchrun
+    (`info`) every process runs a distributed task; only rank 0 writes the store.
     """
     task_hash = config_hash(task_cfg)
     stored = [r for r in load_records(workdir) if r["task"] == task_cfg.name]
@@ -233,8 +234,10 @@ def evaluate(task_cfg: TaskConfig, ref: BackboneRef, workdir: Path, device: torc
     reused = bool(records)
     if not reused:
         t0 = time.perf_counter()
-        task = TASKS.get(task_cfg.name)(task_cfg, workdir, device)
+        task = TASKS.get(task_cfg.name)(task_cfg, workdir, device, info)
         rows = task.evaluate(ref)
+        if info is not None and not info.is_main:
+            return [], False
         common = {"task": task_cfg.name, "task_config_hash": task_hash, "git_revision": git_revision(),
                   "device": device_name(device), "wall_time_s": round(time.perf_counter() - t0, 2),
                   "timestamp": now_iso()}

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from orl_bench.config import NoParams, TaskConfig, from_dict
+from orl_bench.engine.distributed import DistInfo
 from orl_bench.models.backbones import ResNet
 
 
@@ -29,11 +30,15 @@ class Task:
     seed, and is stored once per (task, method, metric, dataset)."""
 
     Params: ClassVar[type] = NoParams
+    # True for a task that runs on every torchrun process (it shards its own work and returns the
+    # records on rank 0); the others run on rank 0 alone.
+    distributed: ClassVar[bool] = False
 
-    def __init__(self, cfg: TaskConfig, workdir: Path, device: torch.device):
+    def __init__(self, cfg: TaskConfig, workdir: Path, device: torch.device, info: DistInfo | None = None):
         self.cfg = cfg
         self.workdir = Path(workdir)
         self.device = device
+        self.info = info or DistInfo(0, 1, 0, device)
         self.params = from_dict(self.Params, cfg.params, "params")
 
     def evaluate(self, ref: BackboneRef) -> list[dict[str, Any]]:

@@ -11,13 +11,17 @@ pycocotools on the val split.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
@@ -29,8 +33,10 @@ from orl_bench.data.coco import CocoDataset
 from orl_bench.data.sources import real_root, synth_root
 from orl_bench.data.views import IMAGENET_MEAN, IMAGENET_STD
 from orl_bench.engine.checkpoint import CheckpointError, load_train_state, save_torch
-from orl_bench.engine.trainer import seed_globals
+from orl_bench.engine.distributed import DistInfo, all_reduce_mean, barrier
+from orl_bench.engine.trainer import autocast_dtype, seed_globals
 from orl_bench.faults import fault_point
+from orl_bench.logging import RunLogger
 from orl_bench.models.backbones import ResNet
 from orl_bench.registry import TASKS
 from orl_bench.tasks.base import BackboneRef, Task
@@ -59,11 +65,23 @@ class MaskRCNNParams:
     head_channels: int = 256  # box-head convs and mask-head convs
     box_fc: int = 1024
     norm: bool = True  # BatchNorm in FPN and heads (SyncBN when distributed)
+    # proposals and sampled RoIs per image: the R50-FPN values; the embedded recipe lowers them,
+    # since RoIAlign's CPU backward and the 4conv head scale with them
+    rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 1000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    box_batch_size_per_image: int = 512
+    amp: str = "auto"  # bf16 autocast on CUDA, off on CPU (as train.amp: auto | bf16 | fp16 | off)
+    sync_bn: bool = True  # under torchrun on CUDA: SyncBN for every norm layer, as in the official configs
+    # images per rank at evaluation: 1 (detectron2's) keeps the AP independent of the number of
+    # processes, since zero padding to a batch's largest image changes features at the borders
+    test_batch_size: int = 1
     seed: int = 0
     train_split: str = "train2017"
     val_split: str = "val2017"
     checkpoint_every: int = volatile(500)
+    log_every: int = volatile(20)  # rows of log.jsonl beside the train state
     num_workers: int = volatile(2)
 
     def __post_init__(self) -> None:
@@ -90,7 +108,10 @@ def build_maskrcnn(backbone: ResNet, num_classes: int, p: MaskRCNNParams) -> Mas
     else:
         box_head = TwoMLPHead(p.fpn_channels * 7 * 7, p.box_fc)
     return MaskRCNN(body, min_size=p.min_size_train, max_size=p.max_size, image_mean=list(IMAGENET_MEAN),
-                    image_std=list(IMAGENET_STD), rpn_post_nms_top_n_train=p.rpn_post_nms_top_n_train,
+                    image_std=list(IMAGENET_STD),
+                    rpn_pre_nms_top_n_train=p.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=p.rpn_post_nms_top_n_train,
+                    rpn_pre_nms_top_n_test=p.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=p.rpn_post_nms_top_n_test,
+                    box_batch_size_per_image=p.box_batch_size_per_image,
                     box_head=box_head, box_predictor=FastRCNNPredictor(p.box_fc, num_classes + 1),
                     mask_head=MaskRCNNHeads(p.fpn_channels, [p.head_channels] * 4, 1, norm_layer=norm),
                     mask_predictor=MaskRCNNPredictor(p.head_channels, p.head_channels, num_classes + 1))
@@ -118,77 +139,139 @@ def _collate(batch: list) -> tuple[list, list]:
     return [image for image, _ in batch], [target for _, target in batch]
 
 
-def fine_tune(model: MaskRCNN, data: InstanceImages, p: MaskRCNNParams, state_path: Path,
-              device: torch.device) -> list[float]:
-    """Iteration-based SGD; resumes from `state_path`. Returns the loss of each logged iteration."""
-    lr = p.base_lr * p.batch_size / 16
+def _optimizer(model: nn.Module, p: MaskRCNNParams, lr: float) -> torch.optim.SGD:
     decay, no_decay = [], []  # no weight decay on norm layers (detectron2's WEIGHT_DECAY_NORM 0)
     for module in model.modules():
         own = list(module.parameters(recurse=False))
         (no_decay if isinstance(module, nn.modules.batchnorm._NormBase) else decay).extend(own)
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": p.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=p.momentum)
+    return torch.optim.SGD([{"params": decay, "weight_decay": p.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=p.momentum)
+
+
+def prepare_for(model: MaskRCNN, p: MaskRCNNParams, info: DistInfo) -> nn.Module:
+    """The model on its device; under torchrun with SyncBN (CUDA only) and wrapped in DDP."""
+    if info.distributed and p.norm and p.sync_bn:
+        if info.device.type != "cuda":
+            raise ValueError("params.sync_bn=true needs CUDA (torch's SyncBatchNorm is GPU-only); set "
+                             "task.params.sync_bn=false for a distributed CPU run (per-process BN statistics)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(info.device)
+    if info.distributed:
+        return DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    return model
+
+
+def fine_tune(model: nn.Module, data: InstanceImages, p: MaskRCNNParams, state_path: Path, info: DistInfo
+              ) -> list[float]:
+    """Iteration-based SGD on `model` (prepared by `prepare_for`); resumes from `state_path`.
+    Each global batch of the pass's order is split into contiguous per-rank shares. Returns the
+    (rank-mean) loss of every iteration."""
+    if p.batch_size % info.world_size:
+        raise ValueError(f"params.batch_size {p.batch_size} must divide over the {info.world_size} processes")
+    per_rank = p.batch_size // info.world_size
+    lr = p.base_lr * p.batch_size / 16
+    optimizer = _optimizer(model, p, lr)
+    amp_dtype = autocast_dtype(p.amp, info.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     iteration, losses = 0, []
     if state_path.exists():
         state = load_train_state(state_path)
-        model.load_state_dict(state["model"])
+        unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
         iteration, losses = state["iteration"], state["losses"]
     per_pass = len(data) // p.batch_size
     if per_pass == 0:
         raise ValueError(f"params.batch_size {p.batch_size} is larger than the {len(data)} training images")
     passes = iteration // per_pass
+    log = RunLogger(state_path.parent, info.is_main, total=p.iterations, initial=iteration)
+    log.event("fine_tune", iterations=p.iterations, batch_size=p.batch_size, world_size=info.world_size,
+              lr=lr, amp=str(amp_dtype), resumed_at=iteration)
     model.train()
+    tic = time.perf_counter()
     while iteration < p.iterations:
         # the pass's order from (seed, pass) alone; a resumed pass starts after its trained batches
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(p.seed * 1_000_003 + passes))
-        start = (iteration - passes * per_pass) * p.batch_size
+        batches = order[:per_pass * p.batch_size].view(per_pass, p.batch_size)[iteration - passes * per_pass:]
+        mine = batches[:, info.rank * per_rank:(info.rank + 1) * per_rank].flatten().tolist()
         data.pass_index = passes
-        loader = DataLoader(data, batch_size=p.batch_size, sampler=order[start:per_pass * p.batch_size].tolist(),
-                            collate_fn=_collate, num_workers=p.num_workers)
+        loader = DataLoader(data, batch_size=per_rank, sampler=mine, collate_fn=_collate, num_workers=p.num_workers,
+                            pin_memory=info.device.type == "cuda")
         for images, targets in loader:
             seed_globals(p.seed, iteration)
             for group in optimizer.param_groups:
                 group["lr"] = lr * lr_factor(iteration, p)
-            parts = model([im.to(device) for im in images], [{k: v.to(device) for k, v in t.items()} for t in targets])
+            images = [im.to(info.device, non_blocking=True) for im in images]
+            targets = [{k: v.to(info.device, non_blocking=True) for k, v in t.items()} for t in targets]
+            with torch.autocast(info.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+                parts = model(images, targets)
             loss = sum(parts.values())
             if not torch.isfinite(loss):
                 raise RuntimeError(f"Mask R-CNN loss is not finite at iteration {iteration + 1}: "
                                    + ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             iteration += 1
-            losses.append(round(loss.item(), 6))
+            mean_parts = {k: all_reduce_mean(v.detach().float(), info).item() for k, v in parts.items()}
+            losses.append(round(sum(mean_parts.values()), 6))
+            log.tick()
+            if iteration % p.log_every == 0 or iteration == p.iterations:
+                log.scalars(iteration, loss=losses[-1], lr=optimizer.param_groups[0]["lr"],
+                            seconds_per_iteration=round((time.perf_counter() - tic) / p.log_every, 4),
+                            **{k: round(v, 6) for k, v in mean_parts.items()})
+                tic = time.perf_counter()
             if iteration % p.checkpoint_every == 0 or iteration == p.iterations:
-                save_torch(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "iteration": iteration, "losses": losses})
+                if info.is_main:
+                    save_torch(state_path, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                                            "scaler": scaler.state_dict(), "iteration": iteration, "losses": losses})
+                barrier(info)
                 fault_point("detection.checkpoint")
             if iteration == p.iterations:
                 break
         passes += 1
+    log.close()
     return losses
 
 
+def unwrap(model: nn.Module) -> MaskRCNN:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 @torch.no_grad()
-def evaluate_detector(model: MaskRCNN, data: InstanceImages, p: MaskRCNNParams, device: torch.device
-                      ) -> dict[str, dict[str, float]]:
-    model.eval()
+def evaluate_detector(model: nn.Module, data: InstanceImages, p: MaskRCNNParams, info: DistInfo
+                      ) -> dict[str, dict[str, float]] | None:
+    """Box and mask AP on `data`, each rank inferring every world_size-th image; the AP on rank 0,
+    None on the others."""
+    model = unwrap(model).eval()
     model.transform.min_size = (p.min_size_test,)
+    amp_dtype = autocast_dtype(p.amp, info.device)
     category_of = {label: category for category, label in data.label_of.items()}
+    mine = list(range(info.rank, len(data), info.world_size))
     outputs = []
-    loader = DataLoader(data, batch_size=4, collate_fn=_collate, num_workers=p.num_workers)
+    loader = DataLoader(data, batch_size=p.test_batch_size, sampler=mine, collate_fn=_collate,
+                        num_workers=p.num_workers, pin_memory=info.device.type == "cuda")
     for images, _ in loader:
-        outputs += [{k: v.cpu() for k, v in out.items()} for out in model([im.to(device) for im in images])]
-    ids = [image.id for image in data.coco.images]
+        with torch.autocast(info.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+            found = model([im.to(info.device, non_blocking=True) for im in images])
+        outputs += [{k: v.float().cpu() for k, v in out.items()} for out in found]
+    ids = [data.coco.images[i].id for i in mine]
     boxes, segms = coco_results(outputs, ids, category_of)
-    ann_file = str(data.coco.ann_file)
-    return {"box": coco_ap(ann_file, boxes, "bbox", ids), "mask": coco_ap(ann_file, segms, "segm", ids)}
+    if info.distributed:
+        gathered = [None] * info.world_size
+        dist.all_gather_object(gathered, (boxes, segms))
+        boxes, segms = [b for part, _ in gathered for b in part], [s for _, part in gathered for s in part]
+    if not info.is_main:
+        return None
+    ann_file, every = str(data.coco.ann_file), [image.id for image in data.coco.images]
+    return {"box": coco_ap(ann_file, boxes, "bbox", every), "mask": coco_ap(ann_file, segms, "segm", every)}
 
 
 @TASKS.register("coco_maskrcnn")
 class CocoMaskRCNN(Task):
     Params = MaskRCNNParams
+    distributed = True
 
     def split(self, name: str) -> CocoDataset:
         data = self.cfg.data
@@ -210,15 +293,19 @@ class CocoMaskRCNN(Task):
         torch.manual_seed(p.seed)
         model = build_maskrcnn(ref.backbone, len(train.categories), p)
         load_backbone_strict(model, ref.backbone.state_dict())
-        model.to(self.device)
+        model = prepare_for(model, p, self.info)
         settings = config_hash({"task": self.cfg.data, "params": p})[:12]
         state_path = self.workdir / "evals" / f"coco_maskrcnn-{ref.sha256[:16]}-{settings}" / "state.pt"
-        losses = fine_tune(model, InstanceImages(train, flip_seed=p.seed), p, state_path, self.device)
-        ap = evaluate_detector(model, InstanceImages(val), p, self.device)
+        losses = fine_tune(model, InstanceImages(train, flip_seed=p.seed), p, state_path, self.info)
+        ap = evaluate_detector(model, InstanceImages(val), p, self.info)
+        if ap is None:  # not rank 0
+            return []
         dataset = f"{self.cfg.data.source}-{val.split}" if self.cfg.data.source != "synth" else \
             f"synth-{self.cfg.data.synth.digest()}-{val.split}"
         common = {"layer": None, "dataset": dataset, "iterations": p.iterations, "batch_size": p.batch_size,
-                  "box_head": p.box_head, "final_train_loss": losses[-1] if losses else None,
+                  "box_head": p.box_head, "world_size": self.info.world_size,
+                  "norm": "SyncBN" if p.norm and p.sync_bn and self.info.distributed else "BN" if p.norm else None,
+                  "amp": str(amp).removeprefix("torch.") if (amp := autocast_dtype(p.amp, self.device)) else "off", "final_train_loss": losses[-1] if losses else None,
                   "protocol": f"Mask R-CNN R-FPN ({p.box_head} head, norm={p.norm}), {p.iterations} iterations, "
                               f"train {p.min_size_train[0]}-{p.min_size_train[-1]} / test {p.min_size_test}",
                   "images": {"train": len(train), "val": len(val)}}

@@ -15,6 +15,7 @@ from orl_bench.data.coco import CocoDataset
 from orl_bench.data.images import DatasetLayoutError
 from orl_bench.data.sources import synth_root
 from orl_bench.engine.checkpoint import CheckpointError
+from orl_bench.engine.distributed import DistInfo
 from orl_bench.models.backbones import build_backbone
 from orl_bench.tasks import coco_maskrcnn
 from orl_bench.tasks.coco_maskrcnn import MaskRCNNParams, build_maskrcnn, fine_tune, load_backbone_strict, lr_factor
@@ -96,6 +97,9 @@ def test_schedule_warms_up_then_steps():
     assert lr_factor(89_999, p) == pytest.approx(0.01)
 
 
+CPU = DistInfo(0, 1, 0, torch.device("cpu"))
+
+
 class Killed(Exception):
     pass
 
@@ -110,7 +114,7 @@ def test_resumed_fine_tuning_equals_uninterrupted(tmp_path, workdir, monkeypatch
         return build_maskrcnn(build_backbone("resnet18", 16), len(train.label_of), p)
 
     straight = fresh_model()
-    losses = fine_tune(straight, train, p, tmp_path / "straight" / "state.pt", torch.device("cpu"))
+    losses = fine_tune(straight, train, p, tmp_path / "straight" / "state.pt", CPU)
     checkpoints = []
 
     def die_after_second(point):  # the process dies right after its second checkpoint
@@ -120,10 +124,10 @@ def test_resumed_fine_tuning_equals_uninterrupted(tmp_path, workdir, monkeypatch
 
     monkeypatch.setattr(coco_maskrcnn, "fault_point", die_after_second)
     with pytest.raises(Killed):
-        fine_tune(fresh_model(), train, p, tmp_path / "killed" / "state.pt", torch.device("cpu"))
+        fine_tune(fresh_model(), train, p, tmp_path / "killed" / "state.pt", CPU)
     monkeypatch.undo()
     resumed = fresh_model()
-    resumed_losses = fine_tune(resumed, train, p, tmp_path / "killed" / "state.pt", torch.device("cpu"))
+    resumed_losses = fine_tune(resumed, train, p, tmp_path / "killed" / "state.pt", CPU)
     assert resumed_losses == losses and len(losses) == 4 and np.isfinite(losses).all()
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
