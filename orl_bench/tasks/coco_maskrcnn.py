@@ -28,27 +28,33 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from orl_bench.config import config_hash, volatile
+from orl_bench.config import ConfigError, config_hash, volatile
 from orl_bench.data.coco import CocoDataset
 from orl_bench.data.sources import real_root, synth_root
 from orl_bench.data.views import IMAGENET_MEAN, IMAGENET_STD
 from orl_bench.engine.checkpoint import CheckpointError, load_train_state, save_torch
+from orl_bench.engine.export import save_detectron2
 from orl_bench.engine.distributed import DistInfo, all_reduce_mean, barrier
 from orl_bench.engine.trainer import autocast_dtype, seed_globals
 from orl_bench.faults import fault_point
 from orl_bench.logging import RunLogger
 from orl_bench.models.backbones import ResNet
 from orl_bench.registry import TASKS
+from orl_bench.results.records import CHANCE
 from orl_bench.tasks.base import BackboneRef, Task
-from orl_bench.tasks.detection_data import InstanceImages, check_instances, coco_ap, coco_results
+from orl_bench.tasks.detection_data import (AP_NAMES, InstanceImages, chance_results, check_instances, coco_ap,
+                                           coco_results)
+from orl_bench.tasks.detectron2_backend import launch_detectron2, require_detectron2, write_maskrcnn_config
 
 BOX_HEADS = ("4conv1fc", "2fc")
+BACKENDS = ("torchvision", "detectron2")
 STAGES = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
 
 
 @dataclass(frozen=True)
 class MaskRCNNParams:
     backend: str = "torchvision"  # torchvision (built in) | detectron2 (when installed)
+    num_gpus: int = volatile(1)  # detectron2 backend: GPUs its launcher spreads the batch over
     iterations: int = 90_000
     batch_size: int = 16  # images per iteration, over all ranks
     base_lr: float = 0.02  # at batch 16, scaled linearly with batch_size
@@ -85,6 +91,8 @@ class MaskRCNNParams:
     num_workers: int = volatile(2)
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"params.backend must be one of {BACKENDS}, got '{self.backend}'")
         if self.box_head not in BOX_HEADS:
             raise ValueError(f"params.box_head must be one of {BOX_HEADS}, got '{self.box_head}'")
         if list(self.steps) != sorted(self.steps) or any(not 0 < s < self.iterations for s in self.steps):
@@ -283,32 +291,97 @@ class CocoMaskRCNN(Task):
 
     def evaluate(self, ref: BackboneRef) -> list[dict[str, Any]]:
         p: MaskRCNNParams = self.params
-        if p.backend != "torchvision":
-            raise ValueError("params.backend=detectron2 is not wired into coco_maskrcnn yet; use torchvision")
+        if p.backend == "detectron2":  # before reading any data: a missing detectron2 is the first thing said
+            if self.info.distributed:
+                raise ConfigError("params.backend=detectron2 launches its own processes (one per GPU, "
+                                  "params.num_gpus): run it without torchrun")
+            require_detectron2()
         train, val = self.split(p.train_split), self.split(p.val_split)
         for split in (train, val):
             check_instances(split)  # before any training
         if [c["id"] for c in train.categories] != [c["id"] for c in val.categories]:
             raise ValueError(f"{p.train_split} and {p.val_split} declare different categories")
-        torch.manual_seed(p.seed)
-        model = build_maskrcnn(ref.backbone, len(train.categories), p)
-        load_backbone_strict(model, ref.backbone.state_dict())
-        model = prepare_for(model, p, self.info)
         settings = config_hash({"task": self.cfg.data, "params": p})[:12]
-        state_path = self.workdir / "evals" / f"coco_maskrcnn-{ref.sha256[:16]}-{settings}" / "state.pt"
-        losses = fine_tune(model, InstanceImages(train, flip_seed=p.seed), p, state_path, self.info)
-        ap = evaluate_detector(model, InstanceImages(val), p, self.info)
-        if ap is None:  # not rank 0
-            return []
+        run_dir = self.workdir / "evals" / f"coco_maskrcnn-{ref.sha256[:16]}-{settings}"
+        if p.backend == "detectron2":
+            ap, losses = self._with_detectron2(ref, train, val, run_dir), []
+            norm = ("SyncBN" if p.sync_bn else "BN") if p.norm else None
+        else:
+            torch.manual_seed(p.seed)
+            model = build_maskrcnn(ref.backbone, len(train.categories), p)
+            load_backbone_strict(model, ref.backbone.state_dict())
+            model = prepare_for(model, p, self.info)
+            losses = fine_tune(model, InstanceImages(train, flip_seed=p.seed), p, run_dir / "state.pt", self.info)
+            ap = evaluate_detector(model, InstanceImages(val), p, self.info)
+            if ap is None:  # not rank 0
+                return []
+            norm = ("SyncBN" if p.sync_bn and self.info.distributed else "BN") if p.norm else None
         dataset = f"{self.cfg.data.source}-{val.split}" if self.cfg.data.source != "synth" else \
             f"synth-{self.cfg.data.synth.digest()}-{val.split}"
-        common = {"layer": None, "dataset": dataset, "iterations": p.iterations, "batch_size": p.batch_size,
-                  "box_head": p.box_head, "world_size": self.info.world_size,
-                  "norm": "SyncBN" if p.norm and p.sync_bn and self.info.distributed else "BN" if p.norm else None,
-                  "amp": str(amp).removeprefix("torch.") if (amp := autocast_dtype(p.amp, self.device)) else "off", "final_train_loss": losses[-1] if losses else None,
+        amp = autocast_dtype(p.amp, self.device)
+        common = {"layer": None, "dataset": dataset, "backend": p.backend, "iterations": p.iterations,
+                  "batch_size": p.batch_size, "box_head": p.box_head, "world_size": self.info.world_size, "norm": norm,
+                  "amp": str(amp).removeprefix("torch.") if amp else "off",
+                  "final_train_loss": losses[-1] if losses else None,
                   "protocol": f"Mask R-CNN R-FPN ({p.box_head} head, norm={p.norm}), {p.iterations} iterations, "
                               f"train {p.min_size_train[0]}-{p.min_size_train[-1]} / test {p.min_size_test}",
                   "images": {"train": len(train), "val": len(val)}}
-        return [{"metric": f"{kind}_AP", "value": round(ap[kind]["AP"], 4),
-                 **{f"{kind}_{name}": (round(v, 4) if v is not None else None) for name, v in ap[kind].items()},
-                 **common} for kind in ("box", "mask")]
+        ids, ann_file = [image.id for image in val.images], str(val.ann_file)
+        chance = dict(zip(("box", "mask"), chance_results(train, val, seed=p.seed)))
+        chance_ap = {kind: coco_ap(ann_file, chance[kind], iou, ids) for kind, iou in (("box", "bbox"), ("mask", "segm"))}
+        chance_common = {"layer": None, "dataset": dataset, "images": common["images"],
+                         "protocol": "chance: 100 training boxes per image at their relative positions, "
+                                     "categories as drawn, masks the boxes, random scores"}
+        return [row for kind in ("box", "mask")
+                for row in (_ap_row(kind, ap[kind], common), _ap_row(kind, chance_ap[kind], {**chance_common,
+                                                                                          "method": CHANCE}))]
+
+    def _with_detectron2(self, ref: BackboneRef, train: CocoDataset, val: CocoDataset, run_dir: Path
+                         ) -> dict[str, dict[str, float | None]]:
+        """Export the backbone, write the config from these params, run detectron2's trainer."""
+        p: MaskRCNNParams = self.params
+        datasets = [(f"orl_bench_{split.split}", str(split.ann_file), str(split.root / split.split))
+                    for split in (train, val)]
+        settings = detectron2_settings(p, ref.backbone, len(train.categories), self.device,
+                                       datasets[0][0], datasets[1][0])
+        weights = run_dir / "backbone.pkl"
+        save_detectron2(weights, {k: v.detach().cpu() for k, v in ref.backbone.state_dict().items()})
+        config = write_maskrcnn_config(weights, run_dir / "detectron2", **settings)
+        results = launch_detectron2(config, datasets=datasets, num_gpus=p.num_gpus)
+        # detectron2 reports a size range without ground truth as NaN; None, as the built-in backend does
+        return {kind: {name: (None if v != v else float(v)) for name in AP_NAMES for v in [results[key][name]]}
+                for kind, key in (("box", "bbox"), ("mask", "segm"))}
+
+
+def _ap_row(kind: str, ap: dict[str, float | None], common: dict[str, Any]) -> dict[str, Any]:
+    return {"metric": f"{kind}_AP", "value": round(ap["AP"], 4),
+            **{f"{kind}_{name}": (round(v, 4) if v is not None else None) for name, v in ap.items()}, **common}
+
+
+def resnet_depth(backbone: ResNet) -> int:
+    """18, 34, 50 or 101 from the block type and per-stage block counts; detectron2's ResNets have
+    torchvision's widths only, so a narrowed backbone is an error."""
+    blocks = tuple(len(stage) for stage in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4))
+    bottleneck = hasattr(backbone.layer1[0], "conv3")
+    depth = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34, (True, (3, 4, 6, 3)): 50,
+             (True, (3, 4, 23, 3)): 101}.get((bottleneck, blocks))
+    if depth is None or backbone.conv1.out_channels != 64:
+        raise ConfigError(f"the detectron2 backend builds ResNet-18/34/50/101 at torchvision's width (stem 64); "
+                          f"this backbone has blocks {blocks} and a stem of {backbone.conv1.out_channels} channels: "
+                          "use task.params.backend=torchvision")
+    return depth
+
+
+def detectron2_settings(p: MaskRCNNParams, backbone: ResNet, num_classes: int, device: torch.device,
+                        train_name: str, val_name: str) -> dict[str, Any]:
+    """maskrcnn_config's keywords for these params: the same protocol as the built-in backend."""
+    return {"min_size_train": p.min_size_train, "max_size_train": p.max_size, "min_size_test": p.min_size_test,
+            "max_size_test": p.max_size, "ims_per_batch": p.batch_size, "base_lr": p.base_lr * p.batch_size / 16,
+            "steps": p.steps, "max_iter": p.iterations, "warmup_iters": p.warmup_iters, "box_head": p.box_head,
+            "norm": "SyncBN" if p.sync_bn else "BN", "head_norm": ("SyncBN" if p.sync_bn else "BN") if p.norm else "",
+            "depth": resnet_depth(backbone), "num_classes": num_classes, "fpn_channels": p.fpn_channels,
+            "head_channels": p.head_channels, "box_fc": p.box_fc,
+            "rpn_topk_train": (p.rpn_pre_nms_top_n_train, p.rpn_post_nms_top_n_train),
+            "rpn_topk_test": (p.rpn_pre_nms_top_n_test, p.rpn_post_nms_top_n_test),
+            "rois_per_image": p.box_batch_size_per_image, "amp": autocast_dtype(p.amp, device) is not None,
+            "seed": p.seed, "train_datasets": (train_name,), "test_datasets": (val_name,)}

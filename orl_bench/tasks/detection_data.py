@@ -89,6 +89,11 @@ class InstanceImages(Dataset):
         return image, target
 
 
+def _json_rle(rle: dict) -> dict:
+    """pycocotools' RLE with its byte-string counts as text, as a COCO results JSON holds it."""
+    return {**rle, "counts": rle["counts"].decode("ascii")}
+
+
 def coco_results(outputs: list[dict[str, torch.Tensor]], image_ids: list[int], category_of: dict[int, int]
                  ) -> tuple[list[dict], list[dict]]:
     """torchvision Mask R-CNN outputs -> COCO result lists (boxes xywh; masks as RLE at 0.5)."""
@@ -99,9 +104,8 @@ def coco_results(outputs: list[dict[str, torch.Tensor]], image_ids: list[int], c
             x0, y0, x1, y1 = box
             common = {"image_id": image_id, "category_id": category_of[label], "score": score}
             boxes.append({**common, "bbox": [x0, y0, x1 - x0, y1 - y0]})
-            rle = mask_utils.encode(np.asfortranarray((mask[0] > 0.5).numpy().astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            segms.append({**common, "segmentation": rle})
+            segms.append({**common, "segmentation": _json_rle(
+                mask_utils.encode(np.asfortranarray((mask[0] > 0.5).numpy().astype(np.uint8))))})
     return boxes, segms
 
 
@@ -131,7 +135,32 @@ def ground_truth_as_results(coco: CocoDataset) -> tuple[list[dict], list[dict]]:
                 continue
             common: dict[str, Any] = {"image_id": image.id, "category_id": ann["category_id"], "score": 1.0}
             boxes.append({**common, "bbox": ann["bbox"]})
-            rle = mask_utils.encode(np.asfortranarray(instance_masks(ann, image.height, image.width)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            segms.append({**common, "segmentation": rle})
+            segms.append({**common, "segmentation": _json_rle(
+                mask_utils.encode(np.asfortranarray(instance_masks(ann, image.height, image.width))))})
+    return boxes, segms
+
+
+def chance_results(train: CocoDataset, val: CocoDataset, seed: int = 0, per_image: int = 100
+                   ) -> tuple[list[dict], list[dict]]:
+    """An uninformed detector: for every val image, `per_image` training annotations drawn at
+    random (so categories, box sizes and positions follow the training set's frequencies), each
+    box placed at its relative position in the val image, its mask the filled box, its score
+    random. What a detector that never looks at the image scores."""
+    pool = [(ann, image) for i, image in enumerate(train.images) for ann in train.annotations(i)
+            if not ann.get("iscrowd", 0)]
+    if not pool:
+        raise ValueError(f"{train.ann_file} has no annotations to draw the chance level from")
+    rng = np.random.default_rng(seed)
+    boxes, segms = [], []
+    for image in val.images:
+        for pick, score in zip(rng.integers(len(pool), size=per_image), rng.random(per_image)):
+            ann, source = pool[pick]
+            x, y, w, h = ann["bbox"]
+            sx, sy = image.width / source.width, image.height / source.height
+            box = [x * sx, y * sy, w * sx, h * sy]
+            common = {"image_id": image.id, "category_id": ann["category_id"], "score": float(score)}
+            boxes.append({**common, "bbox": box})
+            x0, y0, x1, y1 = box[0], box[1], box[0] + box[2], box[1] + box[3]
+            segms.append({**common, "segmentation": _json_rle(
+                mask_utils.frPyObjects([[x0, y0, x1, y0, x1, y1, x0, y1]], image.height, image.width)[0])})
     return boxes, segms

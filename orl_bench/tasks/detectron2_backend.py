@@ -8,6 +8,7 @@ ORL's 4conv1fc box head. Generating it needs no detectron2; only `launch_detectr
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +35,20 @@ def maskrcnn_config(weights: Path, output_dir: Path, *,
                     min_size_test: int = 800, max_size_test: int = 1333, ims_per_batch: int = 16,
                     base_lr: float = 0.02, steps: tuple[int, ...] = (60000, 80000), max_iter: int = 90000,
                     warmup_iters: int = 1000, box_head: str = "4conv1fc", norm: str = "SyncBN",
-                    freeze_at: int = 0, train_datasets: tuple[str, ...] = ("coco_2017_train",),
+                    head_norm: str | None = None, freeze_at: int = 0, depth: int = 50, num_classes: int = 80,
+                    fpn_channels: int = 256, head_channels: int = 256, box_fc: int = 1024,
+                    rpn_topk_train: tuple[int, int] = (2000, 1000), rpn_topk_test: tuple[int, int] = (1000, 1000),
+                    rois_per_image: int = 512, amp: bool = False, seed: int = -1,
+                    train_datasets: tuple[str, ...] = ("coco_2017_train",),
                     test_datasets: tuple[str, ...] = ("coco_2017_val",)) -> dict[str, Any]:
     """The detectron2 config (a nested dict of its keys) for Mask R-CNN R50-FPN, 1x by default.
 
     `freeze_at=0` fine-tunes the stem and res2 too, as MoCo does: with SyncBN the pretrained
-    normalisation is trained rather than frozen. Sequences are lists, as YAML has no tuples.
+    normalisation is trained rather than frozen. `norm` is the backbone's, `head_norm` (default:
+    the same) the FPN's and heads' ("" for none). `rpn_topk_*` are (pre-NMS per level,
+    post-NMS) proposals per image. Sequences are lists, as YAML has no tuples.
     """
+    head_norm = norm if head_norm is None else head_norm
     if box_head not in BOX_HEADS:
         raise ConfigError(f"unknown box head '{box_head}'; expected one of {', '.join(BOX_HEADS)}")
     if list(steps) != sorted(steps) or (steps and steps[-1] >= max_iter):
@@ -56,24 +64,28 @@ def maskrcnn_config(weights: Path, output_dir: Path, *,
             "PIXEL_MEAN": PIXEL_MEAN,
             "PIXEL_STD": PIXEL_STD,
             "BACKBONE": {"NAME": "build_resnet_fpn_backbone", "FREEZE_AT": freeze_at},
-            "RESNETS": {"DEPTH": 50, "STRIDE_IN_1X1": False, "NORM": norm,
-                        "OUT_FEATURES": ["res2", "res3", "res4", "res5"]},
-            "FPN": {"IN_FEATURES": ["res2", "res3", "res4", "res5"], "NORM": norm},
+            # RES2_OUT_CHANNELS 64 is what detectron2 requires of R18/R34 (their res2 is 64 wide)
+            "RESNETS": {"DEPTH": depth, "STRIDE_IN_1X1": False, "NORM": norm,
+                        "OUT_FEATURES": ["res2", "res3", "res4", "res5"], "RES2_OUT_CHANNELS": 64 if depth < 50 else 256},
+            "FPN": {"IN_FEATURES": ["res2", "res3", "res4", "res5"], "NORM": head_norm, "OUT_CHANNELS": fpn_channels},
             "ANCHOR_GENERATOR": {"SIZES": [[32], [64], [128], [256], [512]], "ASPECT_RATIOS": [[0.5, 1.0, 2.0]]},
-            "RPN": {"IN_FEATURES": FPN_LEVELS, "PRE_NMS_TOPK_TRAIN": 2000, "PRE_NMS_TOPK_TEST": 1000,
-                    "POST_NMS_TOPK_TRAIN": 1000, "POST_NMS_TOPK_TEST": 1000},
-            "ROI_HEADS": {"NAME": "StandardROIHeads", "IN_FEATURES": FPN_LEVELS[:-1], "NUM_CLASSES": 80},
-            "ROI_BOX_HEAD": {"NAME": head, "NUM_CONV": num_conv, "NUM_FC": num_fc, "NORM": norm,
-                             "POOLER_RESOLUTION": 7},
-            "ROI_MASK_HEAD": {"NAME": "MaskRCNNConvUpsampleHead", "NUM_CONV": 4, "NORM": norm,
-                              "POOLER_RESOLUTION": 14},
+            "RPN": {"IN_FEATURES": FPN_LEVELS, "PRE_NMS_TOPK_TRAIN": rpn_topk_train[0],
+                    "PRE_NMS_TOPK_TEST": rpn_topk_test[0], "POST_NMS_TOPK_TRAIN": rpn_topk_train[1],
+                    "POST_NMS_TOPK_TEST": rpn_topk_test[1]},
+            "ROI_HEADS": {"NAME": "StandardROIHeads", "IN_FEATURES": FPN_LEVELS[:-1], "NUM_CLASSES": num_classes,
+                          "BATCH_SIZE_PER_IMAGE": rois_per_image},
+            "ROI_BOX_HEAD": {"NAME": head, "NUM_CONV": num_conv, "NUM_FC": num_fc, "NORM": head_norm,
+                             "CONV_DIM": head_channels, "FC_DIM": box_fc, "POOLER_RESOLUTION": 7},
+            "ROI_MASK_HEAD": {"NAME": "MaskRCNNConvUpsampleHead", "NUM_CONV": 4, "NORM": head_norm,
+                              "CONV_DIM": head_channels, "POOLER_RESOLUTION": 14},
         },
         "INPUT": {"FORMAT": "RGB", "MIN_SIZE_TRAIN": list(min_size_train), "MAX_SIZE_TRAIN": max_size_train,
                   "MIN_SIZE_TEST": min_size_test, "MAX_SIZE_TEST": max_size_test},
         "DATASETS": {"TRAIN": list(train_datasets), "TEST": list(test_datasets)},
         "SOLVER": {"IMS_PER_BATCH": ims_per_batch, "BASE_LR": base_lr, "STEPS": list(steps),
-                   "MAX_ITER": max_iter, "WARMUP_ITERS": warmup_iters},
+                   "MAX_ITER": max_iter, "WARMUP_ITERS": warmup_iters, "AMP": {"ENABLED": amp}},
         "TEST": {"PRECISE_BN": {"ENABLED": True}},
+        "SEED": seed,
     }
 
 
@@ -89,39 +101,63 @@ def write_maskrcnn_config(weights: Path, output_dir: Path, **settings: Any) -> P
     return path
 
 
-def _train(config_path: str, resume: bool) -> None:
-    """One process of a detectron2 training run (module level, so launch can spawn it)."""
+# (name, instances JSON, image folder) of a COCO-format split that detectron2 does not know by name
+DatasetSpec = tuple[str, str, str]
+RESULTS = "orl_bench_results.json"  # OUTPUT_DIR/<this>: detectron2's final COCO AP, by rank 0
+
+
+def require_detectron2() -> None:
+    """A ConfigError saying how to install detectron2 (or which backend to use) when it is absent."""
+    try:
+        import detectron2  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"the detectron2 backend needs detectron2, which is not installed ({e}); "
+                          f"{INSTALL_HINT}") from e
+
+
+def _train(config_path: str, datasets: list[DatasetSpec]) -> None:
+    """One process of a detectron2 training run (module level, so launch can spawn it): register
+    the splits, train (resuming from OUTPUT_DIR's last checkpoint if there is one), evaluate, and
+    write the AP as JSON on rank 0."""
     from detectron2.config import get_cfg
+    from detectron2.data.datasets import register_coco_instances
     from detectron2.engine import DefaultTrainer
     from detectron2.evaluation import COCOEvaluator
+    from detectron2.utils import comm
 
     class Trainer(DefaultTrainer):
         @classmethod
         def build_evaluator(cls, cfg, dataset_name):  # DefaultTrainer defines none: COCO box and mask AP
             return COCOEvaluator(dataset_name, output_dir=str(Path(cfg.OUTPUT_DIR) / "inference"))
 
+    for name, json_file, image_root in datasets:
+        register_coco_instances(name, {}, json_file, image_root)
     cfg = get_cfg()
     cfg.merge_from_file(config_path)
     cfg.freeze()
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=resume)
-    trainer.train()
+    trainer.resume_or_load(resume=True)  # MODEL.WEIGHTS on the first run, the last checkpoint after a kill
+    results = trainer.train()  # the final evaluation's {"bbox": {"AP": ...}, "segm": {...}} on rank 0
+    if comm.is_main_process():
+        atomic_write_text(Path(cfg.OUTPUT_DIR) / RESULTS, json.dumps(results))
 
 
-def launch_detectron2(config_path: Path, *, num_gpus: int = 1, resume: bool = False) -> None:
+def launch_detectron2(config_path: Path, *, datasets: list[DatasetSpec] = (), num_gpus: int = 1) -> dict[str, Any]:
     """Train and evaluate the config with detectron2's DefaultTrainer on `num_gpus` GPUs of this
-    machine; with `resume` it continues from the last checkpoint in OUTPUT_DIR. The box and mask
-    AP land where detectron2 logs them: OUTPUT_DIR/metrics.json and OUTPUT_DIR/inference/.
+    machine, continuing from the last checkpoint in OUTPUT_DIR if a run was interrupted, after
+    registering `datasets`. Returns detectron2's COCO results ({"bbox": {"AP": ..., "AP50": ...},
+    "segm": {...}}), also kept in OUTPUT_DIR/orl_bench_results.json.
 
     detectron2 is imported here only, so the rest of orl-bench never needs it. This branch is not
     exercised by the tests (detectron2 is not installed where they run); without detectron2 it
     raises a ConfigError saying how to install it or which backend to use instead.
     """
-    try:
-        from detectron2.engine import launch
-    except ImportError as e:
-        raise ConfigError(f"the detectron2 backend needs detectron2, which is not installed ({e}); "
-                          f"{INSTALL_HINT}") from e
+    require_detectron2()
+    from detectron2.engine import launch
     if not Path(config_path).is_file():
         raise ConfigError(f"detectron2 config {config_path} not found; expected the file write_maskrcnn_config wrote")
-    launch(_train, num_gpus, dist_url="auto", args=(str(config_path), resume))
+    launch(_train, num_gpus, dist_url="auto", args=(str(config_path), list(datasets)))
+    out = Path(yaml.safe_load(Path(config_path).read_text())["OUTPUT_DIR"]) / RESULTS
+    if not out.is_file():
+        raise RuntimeError(f"detectron2 finished without writing its evaluation to {out}")
+    return json.loads(out.read_text())

@@ -130,7 +130,7 @@ def test_maskrcnn_config_yaml(tmp_path):
     assert cfg["INPUT"] == {"FORMAT": "RGB", "MIN_SIZE_TRAIN": [640, 672, 704, 736, 768, 800],
                             "MAX_SIZE_TRAIN": 1333, "MIN_SIZE_TEST": 800, "MAX_SIZE_TEST": 1333}
     assert cfg["SOLVER"] == {"IMS_PER_BATCH": 16, "BASE_LR": 0.02, "STEPS": [60000, 80000], "MAX_ITER": 90000,
-                             "WARMUP_ITERS": 1000}
+                             "WARMUP_ITERS": 1000, "AMP": {"ENABLED": False}}
     assert cfg["TEST"]["PRECISE_BN"]["ENABLED"] is True
     assert cfg["DATASETS"] == {"TRAIN": ["coco_2017_train"], "TEST": ["coco_2017_val"]}
     assert cfg["OUTPUT_DIR"] == str((tmp_path / "run").resolve())

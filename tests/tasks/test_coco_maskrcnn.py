@@ -4,6 +4,9 @@ schedule, and a resumed fine-tuning equal to an uninterrupted one."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,8 +21,14 @@ from orl_bench.engine.checkpoint import CheckpointError
 from orl_bench.engine.distributed import DistInfo
 from orl_bench.models.backbones import build_backbone
 from orl_bench.tasks import coco_maskrcnn
-from orl_bench.tasks.coco_maskrcnn import MaskRCNNParams, build_maskrcnn, fine_tune, load_backbone_strict, lr_factor
-from orl_bench.tasks.detection_data import InstanceImages, check_instances, coco_ap, ground_truth_as_results
+from orl_bench.results.records import load_records
+from orl_bench.config import ConfigError
+from orl_bench.tasks.coco_maskrcnn import (MaskRCNNParams, build_maskrcnn, detectron2_settings, fine_tune,
+                                          load_backbone_strict, lr_factor, prepare_for, resnet_depth)
+from orl_bench.tasks.detectron2_backend import maskrcnn_config
+from orl_bench.tasks.detection_data import (InstanceImages, chance_results, check_instances, coco_ap,
+                                           ground_truth_as_results)
+from tests.conftest import REPO, run_cli
 
 
 def write_coco(root, annotations, categories=({"id": 1, "name": "a"}, {"id": 2, "name": "b"})):
@@ -57,6 +66,20 @@ def test_ground_truth_scores_100_on_the_embedded_val_split(workdir):
     assert len(boxes) > 20
     assert coco_ap(str(val.ann_file), boxes, "bbox")["AP"] == pytest.approx(100)
     assert coco_ap(str(val.ann_file), masks, "segm")["AP"] == pytest.approx(100)
+
+
+def test_chance_level_is_an_uninformed_detector_and_low(workdir):
+    cfg = pipeline.load_task_config("coco_maskrcnn", "tiny", [])
+    root = synth_root(cfg.data, workdir) / "coco"
+    train, val = CocoDataset(root, "train2017"), CocoDataset(root, "val2017")
+    boxes, masks = chance_results(train, val, seed=0)
+    assert len(boxes) == len(masks) == 100 * len(val) and (boxes, masks) == chance_results(train, val, seed=0)
+    categories = {a["category_id"] for i in range(len(train)) for a in train.annotations(i)}
+    assert {b["category_id"] for b in boxes} <= categories
+    assert all(0 <= x and 0 <= y and x + w <= 64 + 1e-6 and y + h <= 64 + 1e-6 for x, y, w, h in (b["bbox"] for b in boxes))
+    for results, kind in ((boxes, "bbox"), (masks, "segm")):
+        ap = coco_ap(str(val.ann_file), results, kind)["AP"]
+        assert 0 < ap < 10, ap  # far from the ground truth's 100, but boxes from the right prior sometimes hit
 
 
 @pytest.mark.parametrize("break_it,expected", [
@@ -131,3 +154,81 @@ def test_resumed_fine_tuning_equals_uninterrupted(tmp_path, workdir, monkeypatch
     assert resumed_losses == losses and len(losses) == 4 and np.isfinite(losses).all()
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+RUN = ["run", "--method", "random", "--recipe", "tiny", "--task", "coco_maskrcnn"]
+
+
+def _final_state(home):
+    return torch.load(next((home / "evals").rglob("state.pt")), weights_only=True)
+
+
+def test_killed_cli_fine_tuning_resumes_to_the_uninterrupted_weights(tmp_path, tiny_data):
+    """SIGKILL right after the first of two checkpoints, then the same command: the rerun trains
+    iterations 3-4 only and ends with the uninterrupted run's weights, losses and records."""
+    homes = {}
+    for name in ("straight", "killed"):
+        homes[name] = tmp_path / name
+        homes[name].mkdir()
+        (homes[name] / "data").symlink_to(tiny_data, target_is_directory=True)
+    done = run_cli(*RUN, "--workdir", str(homes["straight"]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = run_cli(*RUN, "--workdir", str(homes["killed"]), env={"ORL_BENCH_KILL_AT": "detection.checkpoint:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert _final_state(homes["killed"])["iteration"] == 2 and not load_records(homes["killed"])
+    resumed = run_cli(*RUN, "--workdir", str(homes["killed"]))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight, again = _final_state(homes["straight"]), _final_state(homes["killed"])
+    assert again["iteration"] == 4 and again["losses"] == straight["losses"]
+    for key, value in straight["model"].items():
+        assert torch.equal(value, again["model"][key]), key
+    log = [json.loads(line) for line in next((homes["killed"] / "evals").rglob("log.jsonl")).read_text().splitlines()]
+    assert [row["resumed_at"] for row in log if row.get("event") == "fine_tune"] == [0, 2]
+    same = ("metric", "value", "box_AP50", "mask_AP75", "final_train_loss")
+    assert [{k: r.get(k) for k in same} for r in load_records(homes["killed"])] == \
+        [{k: r.get(k) for k in same} for r in load_records(homes["straight"])]
+
+
+def test_sync_bn_on_a_distributed_cpu_run_is_a_clear_error():
+    model = build_maskrcnn(build_backbone("resnet18", 16), 3, tiny_params())
+    with pytest.raises(ValueError, match="sync_bn=true needs CUDA.*task.params.sync_bn=false"):
+        prepare_for(model, tiny_params(), DistInfo(0, 2, 0, torch.device("cpu")))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_fine_tune_and_record_once(workdir):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "orl_bench.cli", *RUN, "--workdir", str(workdir), "--set", "task.params.sync_bn=false"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = load_records(workdir)
+    assert sorted(r["metric"] for r in rows) == ["box_AP", "mask_AP"]
+    assert all(r["world_size"] == 2 and r["norm"] == "BN" and r["images"]["val"] == 16 for r in rows)
+
+
+def test_detectron2_backend_without_detectron2_says_how_to_install(monkeypatch, capsys, workdir):
+    from orl_bench.cli import main
+    monkeypatch.setitem(sys.modules, "detectron2", None)  # not importable, even where it is installed
+    assert main([*RUN, "--workdir", str(workdir), "--set", "task.params.backend=detectron2"]) == 2
+    err = capsys.readouterr().err
+    assert "the detectron2 backend needs detectron2, which is not installed" in err and "pip install" in err
+    assert "task.params.backend=torchvision" in err and "Traceback" not in err
+    assert not (workdir / "evals").exists() and not load_records(workdir)
+
+
+def test_detectron2_config_follows_the_task_params(tmp_path):
+    p = MaskRCNNParams(batch_size=8, norm=False, sync_bn=False, min_size_train=(600, 800), iterations=100,
+                       steps=(70,), warmup_iters=10)
+    settings = detectron2_settings(p, build_backbone("resnet50"), 20, torch.device("cpu"), "tr", "va")
+    cfg = maskrcnn_config("w.pkl", "out", **settings)
+    assert cfg["MODEL"]["RESNETS"]["DEPTH"] == 50 and cfg["MODEL"]["RESNETS"]["NORM"] == "BN"
+    assert cfg["MODEL"]["FPN"]["NORM"] == "" and cfg["MODEL"]["ROI_BOX_HEAD"]["NORM"] == ""
+    assert cfg["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == 20 and cfg["MODEL"]["ROI_HEADS"]["BATCH_SIZE_PER_IMAGE"] == 512
+    assert cfg["SOLVER"] == {"IMS_PER_BATCH": 8, "BASE_LR": 0.01, "STEPS": [70], "MAX_ITER": 100, "WARMUP_ITERS": 10,
+                             "AMP": {"ENABLED": False}}
+    assert cfg["INPUT"]["MIN_SIZE_TRAIN"] == [600, 800] and cfg["DATASETS"] == {"TRAIN": ["tr"], "TEST": ["va"]}
+    assert maskrcnn_config("w.pkl", "out", **{**settings, "depth": resnet_depth(build_backbone("resnet18"))}
+                           )["MODEL"]["RESNETS"]["RES2_OUT_CHANNELS"] == 64
+    with pytest.raises(ConfigError, match=r"torchvision's width \(stem 64\); this backbone has blocks \(2, 2, 2, 2\) "
+                                          r"and a stem of 16 channels"):
+        resnet_depth(build_backbone("resnet18", 16))
