@@ -332,9 +332,8 @@ class CocoMaskRCNN(Task):
         chance_common = {"layer": None, "dataset": dataset, "images": common["images"],
                          "protocol": "chance: 100 training boxes per image at their relative positions, "
                                      "categories as drawn, masks the boxes, random scores"}
-        return [row for kind in ("box", "mask")
-                for row in (_ap_row(kind, ap[kind], common), _ap_row(kind, chance_ap[kind], {**chance_common,
-                                                                                          "method": CHANCE}))]
+        return [row for kind in ("box", "mask") for row in
+                _ap_rows(kind, ap[kind], common) + _ap_rows(kind, chance_ap[kind], {**chance_common, "method": CHANCE})]
 
     def _with_detectron2(self, ref: BackboneRef, train: CocoDataset, val: CocoDataset, run_dir: Path
                          ) -> dict[str, dict[str, float | None]]:
@@ -353,9 +352,10 @@ class CocoMaskRCNN(Task):
                 for kind, key in (("box", "bbox"), ("mask", "segm"))}
 
 
-def _ap_row(kind: str, ap: dict[str, float | None], common: dict[str, Any]) -> dict[str, Any]:
-    return {"metric": f"{kind}_AP", "value": round(ap["AP"], 4),
-            **{f"{kind}_{name}": (round(v, 4) if v is not None else None) for name, v in ap.items()}, **common}
+def _ap_rows(kind: str, ap: dict[str, float | None], common: dict[str, Any]) -> list[dict[str, Any]]:
+    """One record per number (`box_AP`, `box_AP50`, ..., `mask_APl`), so tables pivot on the
+    metric; a size range without ground truth (COCOeval's -1) has no record."""
+    return [{"metric": f"{kind}_{name}", "value": round(v, 4), **common} for name, v in ap.items() if v is not None]
 
 
 def resnet_depth(backbone: ResNet) -> int:

@@ -70,7 +70,7 @@ byol coco_plus: 40.0 60.1 44.0 36.2 57.1 39.0
 orl coco_plus: 40.6 60.8 44.5 36.7 57.9 39.3
 """
 TABLE4_CELLS = [("coco_maskrcnn", m, None) for m in
-                ("AP_bb", "AP50_bb", "AP75_bb", "AP_mk", "AP50_mk", "AP75_mk")]
+                ("box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75")]
 # Table 5, VOC07 SVM mAP, COCO: (method, variant, value).
 TABLE5 = [
     ("byol", {}, 84.5),  # (a)
@@ -175,7 +175,7 @@ def test_pretrain_data_rules(ref):
 def test_variant_rules(ref):
     # A default-valued variant is the main-table number, on any task.
     assert ref.lookup("linear_imagenet", "top1", "orl", knn_k=10, epochs=800) == 59.0
-    assert ref.lookup("coco_maskrcnn", "AP_bb", "byol", epochs=800) == 39.5
+    assert ref.lookup("coco_maskrcnn", "box_AP", "byol", epochs=800) == 39.5
     # Settings the paper did not run, or only on VOC07.
     assert ref.lookup("voc07_svm", "mAP", "orl", knn_k=5) is None
     assert ref.lookup("linear_imagenet", "top1", "orl", knn_k=1) is None
@@ -194,7 +194,7 @@ def test_variant_rules(ref):
 
 
 def test_absent_cells_are_none(ref):
-    for metric in ("AP_mk", "AP50_mk", "AP75_mk"):  # "-" in the paper
+    for metric in ("mask_AP", "mask_AP50", "mask_AP75"):  # "-" in the paper
         assert ref.lookup("coco_maskrcnn", metric, "selfemd") is None
     assert ref.lookup("voc07_svm", "mAP", "selfemd") is None
     assert ref.lookup("voc07_lowshot", "mAP", "orl") is None  # needs k
