@@ -40,22 +40,13 @@ def timed(fn, steps: int, warmup: int) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", default="byol")
-    parser.add_argument("--recipe", default="default")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--workdir", default="orl_bench_home")
-    parser.add_argument("--out", default=None, help="default: results/perf/pretrain_<method>_<recipe>.json")
-    args = parser.parse_args()
-
-    cfg = pipeline.load_pretrain_config(args.method, args.recipe, args.overrides)
+def measure(method_name: str, recipe: str, overrides: list[str], steps: int, warmup: int, workdir: str) -> dict:
+    """images/s of the data pipeline alone, the model step alone and both together."""
+    cfg = pipeline.load_pretrain_config(method_name, recipe, overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info = DistInfo(0, 1, 0, device)
-    images = pretrain_images(cfg.data, Path(args.workdir))
-    inputs, _ = pipeline.build_inputs(cfg, Path(args.workdir), info, args.overrides, images)  # ORL: stages 1-2
+    images = pretrain_images(cfg.data, Path(workdir))
+    inputs, _ = pipeline.build_inputs(cfg, Path(workdir), info, overrides, images)  # ORL: stages 1-2
     method = build_method(cfg, info, inputs)
     b = cfg.train.batch_size
     dataset = method.make_dataset(images.paths)
@@ -89,21 +80,35 @@ def main() -> None:
     # the training process's thread policy (orl_bench/engine/threads.py), so the figures are the trainer's
     threads = training_threads(device, cfg.train.num_workers, cfg.train.cpu_threads)
     with torch_threads(threads):
-        load_only = timed(lambda: next(batches), args.steps, args.warmup)
-        model_only = timed(lambda: model_step(in_memory), args.steps, args.warmup)
+        load_only = timed(lambda: next(batches), steps, warmup)
+        model_only = timed(lambda: model_step(in_memory), steps, warmup)
         end_to_end = timed(lambda: model_step(to_device(next(batches)[0], device, cfg.train.channels_last)),
-                           args.steps, args.warmup)
-    n = args.steps * b
-    result = {
-        "benchmark": "pretrain_throughput", "method": args.method, "recipe": args.recipe,
-        "overrides": args.overrides, "arch": cfg.model.arch, "width": cfg.model.width, "batch": b,
+                           steps, warmup)
+    n = steps * b
+    return {
+        "benchmark": "pretrain_throughput", "method": method_name, "recipe": recipe,
+        "overrides": overrides, "arch": cfg.model.arch, "width": cfg.model.width, "batch": b,
         "view_size": cfg.method.get("views", {}).get("size"), "num_workers": cfg.train.num_workers,
         "torch_threads": threads, "amp": str(amp),
         "images_per_s": {"data_only": round(n / load_only, 1), "model_only": round(n / model_only, 1),
                          "end_to_end": round(n / end_to_end, 1)},
         "end_to_end_over_model_only": round(model_only / end_to_end, 3),
+        **({"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)} if device.type == "cuda" else {}),
         "device": device_name(device), "git_revision": git_revision(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", default="byol")
+    parser.add_argument("--recipe", default="default")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--workdir", default="orl_bench_home")
+    parser.add_argument("--out", default=None, help="default: results/perf/pretrain_<method>_<recipe>.json")
+    args = parser.parse_args()
+    result = measure(args.method, args.recipe, args.overrides, args.steps, args.warmup, args.workdir)
     out = Path(args.out or f"results/perf/pretrain_{args.method}_{args.recipe}.json")
     atomic_write_json(out, result)
     print(json.dumps(result, indent=2))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The classification benchmarks on the embedded default for a set of existing artifacts (chance,
-# random, BYOL, ORL, supervised: the closing numbers of issue 9), then one report per task.
-#   WORKDIR=/tmp/cls ARTIFACTS="artifacts/random-... artifacts/byol-..." bash benchmarks/embedded_classification.sh
+# Benchmark tasks on the embedded default for a set of existing artifacts (chance, random, BYOL,
+# ORL, supervised), then one report per task. TASKS defaults to the classification tasks.
+#   WORKDIR=/tmp/cls ARTIFACTS="artifacts/random-... artifacts/byol-..." bash benchmarks/embedded_tasks.sh
+#   TASKS=coco_maskrcnn OUT=results/embedded/detection_seeds WORKDIR=/tmp/det ARTIFACTS="..." bash benchmarks/embedded_tasks.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKDIR=${WORKDIR:-orl_bench_home}

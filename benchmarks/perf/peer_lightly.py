@@ -1,0 +1,171 @@
+"""orl-bench beside lightly: end-to-end pretraining throughput of BYOL, SimCLR and MoCo v2 at
+identical settings, in one process, one method after the other, with orl-bench's model-only bound.
+
+"Identical settings" is what an orl-bench recipe fixes: the same torchvision ResNet at the same
+width, the same images, view size, augmentation probabilities and strengths, batch size, loader
+workers, optimiser (AdamW at the recipe's scaled lr and weight decay) and head widths. lightly's
+side is written the way lightly's own examples train these methods: its LightlyDataset over the
+image folder, its per-sample PIL transforms (BYOLTransform, SimCLRTransform, MoCoV2Transform), its
+heads, losses and momentum helpers, a plain PyTorch loop. Each side runs with its own defaults
+beyond that (orl-bench: channels_last and its thread policy; lightly: torch's defaults).
+
+    python benchmarks/perf/peer_lightly.py --recipe default --out results/perf/peer_lightly_cpu.json
+
+lightly is a test/benchmark extra (pip install -e ".[test]"), never a dependency of the package.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretrain_throughput import measure, timed  # noqa: E402  (a sibling script, not a package)
+
+from orl_bench import pipeline  # noqa: E402
+from orl_bench.data.sources import pretrain_images  # noqa: E402
+from orl_bench.engine.optim import scaled_lr  # noqa: E402
+from orl_bench.io import atomic_write_json  # noqa: E402
+from orl_bench.models.backbones import build_backbone  # noqa: E402
+from orl_bench.provenance import device_name, git_revision  # noqa: E402
+from orl_bench.registry import METHODS  # noqa: E402
+
+METHODS_COMPARED = ("byol", "simclr", "mocov2")
+
+
+def lightly_transform(method: str, views):
+    """lightly's transform for `method`, set to orl-bench's view parameters."""
+    from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform, MoCoV2Transform, SimCLRTransform
+    b, c, s, h = views.color_jitter
+    common = dict(input_size=views.size, cj_prob=views.color_jitter_p, cj_strength=1.0, cj_bright=b, cj_contrast=c,
+                  cj_sat=s, cj_hue=h, min_scale=views.scale[0], random_gray_scale=views.grayscale_p,
+                  sigmas=tuple(views.blur_sigma), hf_prob=views.hflip_p)
+    if method == "byol":
+        return BYOLTransform(BYOLView1Transform(**common, gaussian_blur=views.blur_p[0], solarization_prob=views.solarize_p[0]),
+                             BYOLView2Transform(**common, gaussian_blur=views.blur_p[1], solarization_prob=views.solarize_p[1]))
+    if method == "simclr":
+        return SimCLRTransform(**common, gaussian_blur=views.blur_p[0])
+    return MoCoV2Transform(**common, gaussian_blur=views.blur_p[0])
+
+
+class LightlyModel(nn.Module):
+    """The method as lightly's examples build it, around orl-bench's backbone."""
+
+    def __init__(self, method: str, backbone: nn.Module, features: int, p):
+        from lightly.loss import NegativeCosineSimilarity, NTXentLoss
+        from lightly.models.modules import (BYOLPredictionHead, BYOLProjectionHead, MoCoProjectionHead,
+                                            SimCLRProjectionHead)
+        from lightly.models.utils import deactivate_requires_grad
+        super().__init__()
+        self.method, self.backbone = method, backbone
+        if method == "byol":
+            self.projection = BYOLProjectionHead(features, p.hidden_dim, p.proj_dim)
+            self.prediction = BYOLPredictionHead(p.proj_dim, p.hidden_dim, p.proj_dim)
+            self.criterion = NegativeCosineSimilarity()
+        elif method == "simclr":
+            self.projection = SimCLRProjectionHead(features, p.hidden_dim, p.proj_dim)
+            self.criterion = NTXentLoss(temperature=p.temperature)
+        else:
+            self.projection = MoCoProjectionHead(features, p.hidden_dim, p.proj_dim)
+            self.criterion = NTXentLoss(temperature=p.temperature, memory_bank_size=(p.queue_size, p.proj_dim))
+        if method != "simclr":  # the momentum (target / key) encoder
+            self.backbone_momentum = copy.deepcopy(backbone)
+            self.projection_momentum = copy.deepcopy(self.projection)
+            deactivate_requires_grad(self.backbone_momentum)
+            deactivate_requires_grad(self.projection_momentum)
+        self.momentum = getattr(p, "base_momentum", getattr(p, "momentum", 0.99))
+
+    def loss(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
+        if self.method == "simclr":
+            return self.criterion(self.projection(self.backbone(x0)), self.projection(self.backbone(x1)))
+        update_momentum(self.backbone, self.backbone_momentum, m=self.momentum)
+        update_momentum(self.projection, self.projection_momentum, m=self.momentum)
+        if self.method == "byol":
+            p0 = self.prediction(self.projection(self.backbone(x0)))
+            p1 = self.prediction(self.projection(self.backbone(x1)))
+            with torch.no_grad():
+                z0 = self.projection_momentum(self.backbone_momentum(x0))
+                z1 = self.projection_momentum(self.backbone_momentum(x1))
+            return 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
+        query = self.projection(self.backbone(x0))
+        with torch.no_grad():  # shuffled key BN, as orl-bench's recipe (key_bn: shuffle)
+            shuffled, shuffle = batch_shuffle(x1)
+            key = batch_unshuffle(self.projection_momentum(self.backbone_momentum(shuffled)), shuffle)
+        return self.criterion(query, key)
+
+
+def measure_lightly(method: str, recipe: str, steps: int, warmup: int, workdir: str) -> dict:
+    from lightly.data import LightlyDataset
+    cfg = pipeline.load_pretrain_config(method, recipe, [])
+    p = METHODS.get(method).params_of(cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    images = pretrain_images(cfg.data, Path(workdir))
+    folders = {path.parent for path in images.paths}
+    if len(folders) != 1:
+        raise SystemExit(f"lightly's dataset reads one folder; the recipe's images lie in {len(folders)}")
+    dataset = LightlyDataset(input_dir=str(folders.pop()), transform=lightly_transform(method, p.views))
+    b = cfg.train.batch_size
+    loader = DataLoader(dataset, batch_size=b, shuffle=True, drop_last=True, num_workers=cfg.train.num_workers,
+                        persistent_workers=cfg.train.num_workers > 0, pin_memory=device.type == "cuda")
+    torch.manual_seed(cfg.train.seed)
+    backbone = build_backbone(cfg.model.arch, cfg.model.width)
+    model = LightlyModel(method, backbone, backbone.num_features, p).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=scaled_lr(cfg.optim, b), weight_decay=cfg.optim.weight_decay)
+    batches = (batch for _ in itertools.count() for batch in loader)
+
+    def step() -> None:
+        (x0, x1), _, _ = next(batches)
+        loss = model.loss(x0.to(device, non_blocking=True), x1.to(device, non_blocking=True))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    end_to_end = timed(step, steps, warmup)
+    return {"end_to_end": round(steps * b / end_to_end, 1), "torch_threads": torch.get_num_threads(),
+            **({"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+               if device.type == "cuda" else {})}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="default", help="orl-bench recipe whose settings both sides use")
+    parser.add_argument("--methods", default=",".join(METHODS_COMPARED))
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per side, after --warmup")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (workers starting, caches)")
+    parser.add_argument("--workdir", default="orl_bench_home", help="where the embedded scenes are (or get) written")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    import lightly
+    results = {}
+    for method in args.methods.split(","):
+        load = {"before": os.getloadavg()[0]}
+        ours = measure(method, args.recipe, [], args.steps, args.warmup, args.workdir)
+        load["between"] = os.getloadavg()[0]
+        theirs = measure_lightly(method, args.recipe, args.steps, args.warmup, args.workdir)
+        load["after"] = os.getloadavg()[0]
+        results[method] = {
+            "orl_bench": ours["images_per_s"] | {"torch_threads": ours["torch_threads"]}, "lightly": theirs,
+            "orl_bench_over_lightly": round(ours["images_per_s"]["end_to_end"] / theirs["end_to_end"], 3),
+            "end_to_end_over_model_only": ours["end_to_end_over_model_only"], "load_1min": load,
+            "settings": {k: ours[k] for k in ("arch", "width", "batch", "view_size", "num_workers", "amp")}}
+        print(method, json.dumps(results[method]), flush=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    atomic_write_json(Path(args.out), {
+        "benchmark": "peer_lightly", "recipe": args.recipe, "steps": args.steps, "warmup": args.warmup,
+        "images_per_s": results, "device": device_name(device), "versions": {
+            "torch": torch.__version__, "lightly": lightly.__version__}, "git_revision": git_revision(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+if __name__ == "__main__":
+    main()
