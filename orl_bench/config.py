@@ -36,6 +36,16 @@ def volatile(default: Any) -> Any:
     return field(default=default, metadata={"hash": False})
 
 
+def added_later(default: Any) -> Any:
+    """A field that changes results but was added after artifacts exist: hashed only when set to
+    something else than `default`, so every config that leaves it alone keeps its hash (and its
+    artifacts and records stay valid)."""
+    return field(default=default, metadata={"hash_unless": default})
+
+
+AUGMENT_PLACES = ("loader", "device")
+
+
 @dataclass(frozen=True)
 class NoParams:
     """The options schema of a plugin that has none."""
@@ -75,6 +85,10 @@ class TrainConfig:
     channels_last: bool = True
     deterministic: bool = False
     sync_bn: bool = True  # when distributed
+    # where the views are made: "loader" (per sample, PIL, in the loader workers, as the official
+    # code) or "device" (the workers decode and draw each view's parameters; crop, colour, blur
+    # and solarize run batched on the training device: orl_bench/data/batched_views.py)
+    augment: str = added_later("loader")
     num_workers: int = volatile(4)
     # torch threads of the training process on CPU; 0: the cores left after num_workers (at least 1),
     # since threads beside busy loader workers slow both down (orl_bench/engine/threads.py)
@@ -89,6 +103,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.monitor_every_epochs < 0:
             raise ConfigError(f"train.monitor_every_epochs must be >= 0 (0 = off), got {self.monitor_every_epochs}")
+        if self.augment not in AUGMENT_PLACES:
+            raise ConfigError(f"train.augment must be one of {', '.join(AUGMENT_PLACES)}, got '{self.augment}'")
         if self.num_workers < 0 or self.cpu_threads < 0:
             raise ConfigError(f"need train.num_workers >= 0 and train.cpu_threads >= 0 (0 = automatic), got "
                               f"{self.num_workers} and {self.cpu_threads}")
@@ -172,7 +188,9 @@ def to_dict(obj: Any, for_hash: bool = False) -> Any:
     the volatile fields."""
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name), for_hash) for f in dataclasses.fields(obj)
-                if not for_hash or f.metadata.get("hash", True)}
+                if not for_hash or (f.metadata.get("hash", True)
+                                    and not ("hash_unless" in f.metadata
+                                             and getattr(obj, f.name) == f.metadata["hash_unless"]))}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v, for_hash) for v in obj]
     if isinstance(obj, dict):

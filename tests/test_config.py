@@ -4,7 +4,7 @@ import pytest
 
 from orl_bench import pipeline
 from orl_bench.config import (ConfigError, PretrainConfig, apply_overrides, config_hash, find_recipe, from_dict,
-                              load_yaml_recipe, recipe_root)
+                              load_yaml_recipe, recipe_root, to_dict)
 
 
 def test_unknown_key_names_the_closest_valid_key():
@@ -55,6 +55,18 @@ def test_hash_ignores_volatile_fields_only():
     other = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + 1))
     assert config_hash(cfg) == config_hash(same)
     assert config_hash(cfg) != config_hash(other)
+
+
+def test_a_field_added_later_keeps_old_hashes_at_its_default():
+    """train.augment came after artifacts existed: left at "loader" it is not hashed, so those
+    artifacts keep their keys; set to "device" it is a different config."""
+    cfg = pipeline.load_pretrain_config("byol", "tiny", [])
+    assert "augment" not in to_dict(cfg, for_hash=True)["train"]
+    device = replace(cfg, train=replace(cfg.train, augment="device"))
+    assert to_dict(device, for_hash=True)["train"]["augment"] == "device"
+    assert config_hash(device) != config_hash(cfg)
+    with pytest.raises(ConfigError, match="train.augment must be one of loader, device, got 'gpu'"):
+        pipeline.load_pretrain_config("byol", "tiny", ["train.augment=gpu"])
 
 
 def test_every_shipped_recipe_resolves():

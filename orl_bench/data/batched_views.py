@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
+from PIL import Image
 from torchvision.transforms import ColorJitter, RandomResizedCrop, v2
 
-from orl_bench.data.views import IMAGENET_MEAN, IMAGENET_STD, ViewParams
+from orl_bench.data.views import IMAGENET_MEAN, IMAGENET_STD, ViewParams, ViewSpec
 
 PARAM_FIELDS: tuple[str, ...] = (
     "top", "left", "height", "width",  # the crop, in pixels of the image
@@ -233,3 +235,50 @@ class BatchedViews(torch.nn.Module):
             hue_rows = _per_sample(jittered & (op == _HUE_STEP))
             x = torch.where(hue_rows, shift_hue(x, torch.where(hue_rows.flatten(), factor, 0.0)), x)
         return x
+
+
+@dataclass(frozen=True)
+class DecodedViews:
+    """What the loader hands over for `train.augment: device`: decoded image(s) and each view's
+    parameter row. A sample holds uint8 [3, h, w] and [views, P]; a batch (`collate`) the padded
+    uint8 [B, 3, H, W] and [B, views, P]."""
+    images: torch.Tensor
+    params: torch.Tensor
+
+    @staticmethod
+    def collate(samples: list[DecodedViews]) -> DecodedViews:
+        images, _ = collate_padded([s.images for s in samples])
+        return DecodedViews(images, torch.stack([s.params for s in samples]))
+
+    def to(self, device: torch.device) -> DecodedViews:
+        return DecodedViews(self.images.to(device, non_blocking=True), self.params.to(device, non_blocking=True))
+
+
+class DecodeAndDraw:
+    """The loader's half: PIL image -> DecodedViews, drawing the views' parameters one view after
+    the other as `views.views_of` does, so under the sample's seeded RNG they are the parameters
+    the PIL path would use."""
+
+    def __init__(self, specs: list[ViewSpec]):
+        self.specs = specs
+
+    def __call__(self, image: Image.Image) -> DecodedViews:
+        pixels = v2.functional.pil_to_tensor(image)
+        height, width = pixels.shape[1:]
+        return DecodedViews(pixels, torch.stack([draw_view_params(p, which, height, width) for p, which in self.specs]))
+
+
+class DeviceViews(torch.nn.Module):
+    """The device's half: a DecodedViews batch -> one view batch per spec, as the PIL path's
+    collated sample (NHWC when `channels_last`)."""
+
+    def __init__(self, specs: list[ViewSpec], channels_last: bool):
+        super().__init__()
+        self.makers = torch.nn.ModuleList(BatchedViews(p) for p, _ in specs)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def forward(self, batch: DecodedViews) -> list[torch.Tensor]:
+        if batch.params.shape[1] != len(self.makers):
+            raise ValueError(f"expected {len(self.makers)} views' parameters per image, got {batch.params.shape[1]}")
+        return [maker(batch.images, batch.params[:, k]).contiguous(memory_format=self.memory_format)
+                for k, maker in enumerate(self.makers)]

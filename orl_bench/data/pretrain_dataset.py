@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler, default_collate
 
+from orl_bench.data.batched_views import DecodedViews
 from orl_bench.data.images import UnreadableImageError, read_rgb
 from orl_bench.data.views import seeded_call
 
@@ -41,7 +42,9 @@ def collate_skipping_unreadable(samples: list[tuple[int, Any]]) -> tuple[Any, li
     """Batch the readable samples; return the indices of unreadable ones so they get counted."""
     good = [s for _, s in samples if s is not None]
     bad = [i for i, s in samples if s is None]
-    return (default_collate(good) if good else None), bad
+    if not good:
+        return None, bad
+    return (DecodedViews.collate(good) if isinstance(good[0], DecodedViews) else default_collate(good)), bad
 
 
 class EpochSampler(Sampler[int]):

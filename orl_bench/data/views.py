@@ -104,9 +104,21 @@ class MultiView:
         return tuple(t(image) for t in self.transforms)
 
 
+ViewSpec = tuple[ViewParams, int]  # a view's recipe and which of its two probability sets (1 or 2)
+
+
+def two_view_specs(p: ViewParams) -> list[ViewSpec]:
+    """The two views of BYOL-style methods: view 1 and view 2 of one recipe."""
+    return [(p, 1), (p, 2)]
+
+
+def views_of(specs: list[ViewSpec]) -> MultiView:
+    """PIL image -> one view per spec, in order."""
+    return MultiView(*(view_transform(p, which) for p, which in specs))
+
+
 def two_views(p: ViewParams) -> MultiView:
-    """The two-view sample of BYOL-style methods: view 1 and view 2 of one recipe."""
-    return MultiView(view_transform(p, 1), view_transform(p, 2))
+    return views_of(two_view_specs(p))
 
 
 def sample_seed(seed: int, key: int) -> int:
@@ -146,8 +158,11 @@ class MultiCropViews(ViewParams):
             raise ValueError(f"views.local_size must be >= 1, got {self.local_size}")
 
 
-def multi_crop_transform(p: MultiCropViews) -> MultiView:
-    """PIL image -> the global crops, then the local crops (MultiCropViews)."""
+def multi_crop_specs(p: MultiCropViews) -> list[ViewSpec]:
+    """The global crops, then the local crops (MultiCropViews)."""
     local = replace(p, size=p.local_size, scale=p.local_scale)
-    return MultiView(*(view_transform(p, k % 2 + 1) for k in range(p.global_crops)),
-                     *(view_transform(local, k % 2 + 1) for k in range(p.local_crops)))
+    return [(p, k % 2 + 1) for k in range(p.global_crops)] + [(local, k % 2 + 1) for k in range(p.local_crops)]
+
+
+def multi_crop_transform(p: MultiCropViews) -> MultiView:
+    return views_of(multi_crop_specs(p))

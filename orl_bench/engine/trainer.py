@@ -21,7 +21,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from orl_bench.config import PretrainConfig, config_hash
+from orl_bench.config import ConfigError, PretrainConfig, config_hash
+from orl_bench.data.batched_views import DecodedViews
 from orl_bench.data.pretrain_dataset import EpochSampler, collate_skipping_unreadable
 from orl_bench.engine.checkpoint import TRAIN_STATE, export_artifact, load_train_state, save_torch, write_config
 from orl_bench.engine.distributed import DistInfo, all_reduce_mean, barrier
@@ -49,6 +50,9 @@ def build_method(cfg: PretrainConfig, info: DistInfo, inputs: Mapping[str, Path]
     plugin = METHODS.get(cfg.method["name"])
     # Single-stage plugins may define __init__(cfg) only: pass inputs just to those that use them.
     method: Method = plugin(cfg, inputs) if inputs else plugin(cfg)
+    if cfg.train.augment == "device" and method.view_specs() is None:
+        raise ConfigError(f"method '{cfg.method['name']}' makes its samples from more than the image, which only "
+                          "the loader path does: set train.augment=loader")
     if info.distributed and cfg.train.sync_bn:
         if info.device.type != "cuda":
             raise ValueError("train.sync_bn=true needs CUDA (torch's SyncBatchNorm is GPU-only); "
@@ -204,6 +208,8 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
 
 
 def to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
+    if isinstance(batch, DecodedViews):  # uint8 images: their views get channels_last on the device
+        return batch.to(device)
     if isinstance(batch, torch.Tensor):
         batch = batch.to(device, non_blocking=True)
         if channels_last and batch.ndim == 4:

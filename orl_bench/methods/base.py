@@ -14,8 +14,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from orl_bench.config import NoParams, PretrainConfig, from_dict
+from orl_bench.data.batched_views import DecodeAndDraw, DecodedViews, DeviceViews
 from orl_bench.data.pretrain_dataset import ViewsDataset
 from orl_bench.data.sources import ImageList
+from orl_bench.data.views import ViewSpec, views_of
 from orl_bench.engine.distributed import DistInfo
 from orl_bench.models.backbones import ResNet, build_backbone
 
@@ -82,12 +84,27 @@ class Method(nn.Module):
     def build_backbone(self) -> ResNet:
         return build_backbone(self.cfg.model.arch, self.cfg.model.width)
 
+    def view_specs(self) -> list[ViewSpec] | None:
+        """The views as (recipe, which) pairs when each is a plain augmented crop of the image
+        (two-view, multi-crop methods): those can be made on the device (`train.augment: device`).
+        None where a sample needs more than the image (boxes, labels, ...)."""
+        return None
+
     def view_transform(self) -> Any:
-        """PIL image -> what one sample turns into (e.g. a tuple of view tensors)."""
-        raise NotImplementedError
+        """PIL image -> what one sample turns into (e.g. a tuple of view tensors); by default the
+        views of `view_specs`."""
+        specs = self.view_specs()
+        if specs is None:
+            raise NotImplementedError(f"{type(self).__name__} defines neither view_specs nor view_transform")
+        return views_of(specs)
 
     def make_dataset(self, paths: list[Path]) -> Dataset:
-        """The training dataset over the pretraining images; override for extra inputs."""
+        """The training dataset over the pretraining images; override for extra inputs. With
+        `train.augment: device` the loader only decodes and draws the views' parameters."""
+        if self.cfg.train.augment == "device":  # build_method checked that view_specs exist
+            specs = self.view_specs()
+            self.device_views = DeviceViews(specs, self.cfg.train.channels_last)
+            return ViewsDataset(paths, DecodeAndDraw(specs), self.cfg.train.seed)
         return ViewsDataset(paths, self.view_transform(), self.cfg.train.seed)
 
     def training_step(self, batch: Any, progress: Progress) -> dict[str, torch.Tensor]:
@@ -96,6 +113,8 @@ class Method(nn.Module):
 
     def forward(self, batch: Any, progress: Progress) -> dict[str, torch.Tensor]:
         # Routing the step through forward() lets DistributedDataParallel see it.
+        if isinstance(batch, DecodedViews):  # train.augment: device
+            batch = self.device_views(batch)
         return self.training_step(batch, progress)
 
     def after_step(self, progress: Progress) -> None:

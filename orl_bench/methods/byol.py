@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from orl_bench.config import PretrainConfig
-from orl_bench.data.views import MultiView, ViewParams, two_views
+from orl_bench.data.views import ViewParams, ViewSpec, two_view_specs
 from orl_bench.methods.base import Method, Progress, byol_loss, ema_update, make_target, momentum_at
 from orl_bench.models.heads import MLP
 from orl_bench.registry import METHODS
@@ -40,8 +40,8 @@ class BYOL(Method):
         self.predictor = MLP(p.proj_dim, p.hidden_dim, p.proj_dim)
         self.target = make_target(self.online)
 
-    def view_transform(self) -> MultiView:
-        return two_views(self.params.views)
+    def view_specs(self) -> list[ViewSpec]:
+        return two_view_specs(self.params.views)
 
     def symmetric_loss(self, predictor: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """BYOL loss of a pair in both directions; each input is its own forward pass."""

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from orl_bench.config import PretrainConfig
-from orl_bench.data.views import MultiCropViews, MultiView, multi_crop_transform
+from orl_bench.data.views import MultiCropViews, ViewSpec, multi_crop_specs
 from orl_bench.methods.base import Progress, byol_loss
 from orl_bench.methods.byol import BYOL, BYOLParams
 from orl_bench.registry import METHODS
@@ -59,8 +59,8 @@ class BYOLMultiCrop(BYOL):
         v: MultiCropViews = cls.params_of(cfg).views
         return {"views": f"{v.global_crops}x{PAPER_GLOBAL_SIZE}+{v.local_crops}x{PAPER_LOCAL_SIZE}"}
 
-    def view_transform(self) -> MultiView:
-        return multi_crop_transform(self.params.views)
+    def view_specs(self) -> list[ViewSpec]:
+        return multi_crop_specs(self.params.views)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], progress: Progress) -> dict[str, torch.Tensor]:
         """`batch` is the global crops, then the local crops, each batched."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from orl_bench.config import ConfigError, PretrainConfig
-from orl_bench.data.views import MultiView, ViewParams, sample_seed, two_views
+from orl_bench.data.views import ViewParams, ViewSpec, sample_seed, two_view_specs
 from orl_bench.engine.distributed import all_gather, world_size
 from orl_bench.methods.base import Method, Progress, ema_update, make_target
 from orl_bench.methods.contrastive import check_temperature, info_nce
@@ -76,8 +76,8 @@ class MoCoV2(Method):
         self.register_buffer("queue", F.normalize(torch.randn(p.queue_size, p.proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
-    def view_transform(self) -> MultiView:
-        return two_views(self.params.views)
+    def view_specs(self) -> list[ViewSpec]:
+        return two_view_specs(self.params.views)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], progress: Progress) -> dict[str, torch.Tensor]:
         view1, view2 = batch

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from orl_bench.config import PretrainConfig
-from orl_bench.data.views import MultiView, ViewParams, two_views
+from orl_bench.data.views import ViewParams, ViewSpec, two_view_specs
 from orl_bench.methods.base import Method, Progress
 from orl_bench.methods.contrastive import check_temperature, nt_xent
 from orl_bench.models.heads import MLP
@@ -48,8 +48,8 @@ class SimCLR(Method):
         self.backbone = self.build_backbone()
         self.projector = MLP(self.backbone.num_features, self.params.hidden_dim, self.params.proj_dim)
 
-    def view_transform(self) -> MultiView:
-        return two_views(self.params.views)
+    def view_specs(self) -> list[ViewSpec]:
+        return two_view_specs(self.params.views)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], progress: Progress) -> dict[str, torch.Tensor]:
         view1, view2 = batch
