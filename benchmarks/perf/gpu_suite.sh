@@ -22,6 +22,13 @@ $PY benchmarks/perf/pretrain_throughput.py --method byol --recipe paper "${RUN[@
 # The same with the kernel blur (views.blur=kernel) instead of the official PIL blur, in this run.
 $PY benchmarks/perf/pretrain_throughput.py --method byol --recipe paper "${RUN[@]}" --set method.views.blur=kernel \
   --steps 20 --workdir "$WORK" --out "$RESULTS/pretrain_byol_paper_kernel_blur_gpu.json"
+# Views made batched on the GPU (train.augment=device) instead of by the loader workers.
+$PY benchmarks/perf/pretrain_throughput.py --method byol --recipe paper "${RUN[@]}" --set train.augment=device \
+  --steps 20 --workdir "$WORK" --out "$RESULTS/pretrain_byol_paper_device_views_gpu.json"
+# lightly's BYOL, SimCLR and MoCo v2 beside orl-bench's (both view paths) at the same settings; needs
+# lightly (pip install -e ".[test]", or its wheel carried to the machine).
+$PY benchmarks/perf/peer_lightly.py --recipe paper "${RUN[@]}" --steps 20 --workdir "$WORK" \
+  --out "$RESULTS/peer_lightly_paper_gpu.json"
 # ORL's chain: a 1-epoch stage 1 (only to mine pairs), stage 2 on ground-truth boxes, then stage 3.
 $PY benchmarks/perf/pretrain_throughput.py --method orl --recipe paper "${RUN[@]}" \
   --set method.stage2.box_source=gt --steps 20 --workdir "$WORK" --out "$RESULTS/pretrain_orl_paper_gpu.json"

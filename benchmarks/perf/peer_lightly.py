@@ -104,9 +104,9 @@ class LightlyModel(nn.Module):
         return self.criterion(query, key)
 
 
-def measure_lightly(method: str, recipe: str, steps: int, warmup: int, workdir: str) -> dict:
+def measure_lightly(method: str, recipe: str, overrides: list[str], steps: int, warmup: int, workdir: str) -> dict:
     from lightly.data import LightlyDataset
-    cfg = pipeline.load_pretrain_config(method, recipe, [])
+    cfg = pipeline.load_pretrain_config(method, recipe, overrides)
     p = METHODS.get(method).params_of(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     images = pretrain_images(cfg.data, Path(workdir))
@@ -139,29 +139,43 @@ def measure_lightly(method: str, recipe: str, steps: int, warmup: int, workdir: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="default", help="orl-bench recipe whose settings both sides use")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="recipe overrides for both sides, e.g. the data or the batch size")
     parser.add_argument("--methods", default=",".join(METHODS_COMPARED))
     parser.add_argument("--steps", type=int, default=30, help="timed steps per side, after --warmup")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (workers starting, caches)")
     parser.add_argument("--workdir", default="orl_bench_home", help="where the embedded scenes are (or get) written")
+    parser.add_argument("--augment", default="loader,device",
+                        help="orl-bench's train.augment settings to time: views made by the loader workers "
+                             "(PIL, as lightly) and/or batched on the training device")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     import lightly
     results = {}
     for method in args.methods.split(","):
         load = {"before": os.getloadavg()[0]}
-        ours = measure(method, args.recipe, [], args.steps, args.warmup, args.workdir)
-        load["between"] = os.getloadavg()[0]
-        theirs = measure_lightly(method, args.recipe, args.steps, args.warmup, args.workdir)
-        load["after"] = os.getloadavg()[0]
+        ours = {}
+        for augment in args.augment.split(","):
+            ours[augment] = measure(method, args.recipe, [*args.overrides, f"train.augment={augment}"], args.steps,
+                                    args.warmup, args.workdir)
+            load[f"after_orl_bench_{augment}"] = os.getloadavg()[0]
+        theirs = measure_lightly(method, args.recipe, args.overrides, args.steps, args.warmup, args.workdir)
+        load["after_lightly"] = os.getloadavg()[0]
+        first = next(iter(ours.values()))
         results[method] = {
-            "orl_bench": ours["images_per_s"] | {"torch_threads": ours["torch_threads"]}, "lightly": theirs,
-            "orl_bench_over_lightly": round(ours["images_per_s"]["end_to_end"] / theirs["end_to_end"], 3),
-            "end_to_end_over_model_only": ours["end_to_end_over_model_only"], "load_1min": load,
-            "settings": {k: ours[k] for k in ("arch", "width", "batch", "view_size", "num_workers", "amp")}}
+            **{f"orl_bench_augment_{a}": r["images_per_s"] | {"torch_threads": r["torch_threads"],
+                                                             "end_to_end_over_model_only": r["end_to_end_over_model_only"]}
+               for a, r in ours.items()},
+            "lightly": theirs,
+            **{f"orl_bench_{a}_over_lightly": round(r["images_per_s"]["end_to_end"] / theirs["end_to_end"], 3)
+               for a, r in ours.items()},
+            "load_1min": load,
+            "settings": {k: first[k] for k in ("arch", "width", "batch", "view_size", "num_workers", "amp")}}
         print(method, json.dumps(results[method]), flush=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     atomic_write_json(Path(args.out), {
-        "benchmark": "peer_lightly", "recipe": args.recipe, "steps": args.steps, "warmup": args.warmup,
+        "benchmark": "peer_lightly", "recipe": args.recipe, "overrides": args.overrides, "steps": args.steps,
+        "warmup": args.warmup,
         "images_per_s": results, "device": device_name(device), "versions": {
             "torch": torch.__version__, "lightly": lightly.__version__}, "git_revision": git_revision(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

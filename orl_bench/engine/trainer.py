@@ -195,7 +195,7 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
                 "git_revision": git_revision(), "world_size": info.world_size,
                 "sync_bn": info.distributed and cfg.train.sync_bn,
                 "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
-                "channels_last": t.channels_last, "torch": torch.__version__}
+                "channels_last": t.channels_last, "augment": t.augment, "torch": torch.__version__}
     if hasattr(dataset, "fallbacks"):  # counts of samples a dataset had to make up (e.g. ORL's)
         manifest["dataset_fallbacks"] = dataset.fallbacks
     run_info = {**(run_extra or {}), "finished": now_iso(), "device": device_name(info.device),
