@@ -1,5 +1,7 @@
 """Pretraining throughput: the data pipeline alone, the model step alone on in-memory batches
 (the upper bound), and both together, for one method and recipe. Writes JSON with the device.
+With train.augment=device the loader only decodes and draws parameters; the views are made in
+the end-to-end step, and the bound is the model step on views made beforehand.
 
     python benchmarks/perf/pretrain_throughput.py --method byol --recipe default --steps 30
 """
@@ -16,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from orl_bench import pipeline
+from orl_bench.data.batched_views import DecodedViews
 from orl_bench.data.pretrain_dataset import EpochSampler, collate_skipping_unreadable
 from orl_bench.data.sources import pretrain_images
 from orl_bench.engine.distributed import DistInfo
@@ -64,6 +67,8 @@ def measure(method_name: str, recipe: str, overrides: list[str], steps: int, war
     batches = fresh_batches()
     first, _ = next(batches)
     in_memory = to_device(first, device, cfg.train.channels_last)
+    if isinstance(in_memory, DecodedViews):  # the bound is the model step on views already made
+        in_memory = method.device_views(in_memory)
     optimizer = build_optimizer(method, cfg.optim, scaled_lr(cfg.optim, b))
     amp = autocast_dtype(cfg.train.amp, device)
     progress = Progress(0, 1000, 0)
@@ -89,6 +94,7 @@ def measure(method_name: str, recipe: str, overrides: list[str], steps: int, war
         "benchmark": "pretrain_throughput", "method": method_name, "recipe": recipe,
         "overrides": overrides, "arch": cfg.model.arch, "width": cfg.model.width, "batch": b,
         "view_size": cfg.method.get("views", {}).get("size"), "num_workers": cfg.train.num_workers,
+        "augment": cfg.train.augment,
         "torch_threads": threads, "amp": str(amp),
         "images_per_s": {"data_only": round(n / load_only, 1), "model_only": round(n / model_only, 1),
                          "end_to_end": round(n / end_to_end, 1)},
