@@ -34,6 +34,7 @@ from pretrain_throughput import measure, timed  # noqa: E402  (a sibling script,
 from orl_bench import pipeline  # noqa: E402
 from orl_bench.data.sources import pretrain_images  # noqa: E402
 from orl_bench.engine.optim import scaled_lr  # noqa: E402
+from orl_bench.engine.threads import torch_threads  # noqa: E402
 from orl_bench.io import atomic_write_json  # noqa: E402
 from orl_bench.models.backbones import build_backbone  # noqa: E402
 from orl_bench.provenance import device_name, git_revision  # noqa: E402
@@ -104,7 +105,9 @@ class LightlyModel(nn.Module):
         return self.criterion(query, key)
 
 
-def measure_lightly(method: str, recipe: str, overrides: list[str], steps: int, warmup: int, workdir: str) -> dict:
+def measure_lightly(method: str, recipe: str, overrides: list[str], steps: int, warmup: int, workdir: str,
+                    threads: int | None = None) -> dict:
+    """lightly's end-to-end images/s, with torch's default thread count or `threads`."""
     from lightly.data import LightlyDataset
     cfg = pipeline.load_pretrain_config(method, recipe, overrides)
     p = METHODS.get(method).params_of(cfg)
@@ -130,8 +133,10 @@ def measure_lightly(method: str, recipe: str, overrides: list[str], steps: int, 
         loss.backward()
         optimizer.step()
 
-    end_to_end = timed(step, steps, warmup)
-    return {"end_to_end": round(steps * b / end_to_end, 1), "torch_threads": torch.get_num_threads(),
+    with torch_threads(threads or torch.get_num_threads()):
+        end_to_end = timed(step, steps, warmup)
+        used = torch.get_num_threads()
+    return {"end_to_end": round(steps * b / end_to_end, 1), "torch_threads": used,
             **({"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
                if device.type == "cuda" else {})}
 
@@ -162,11 +167,15 @@ def main() -> None:
         theirs = measure_lightly(method, args.recipe, args.overrides, args.steps, args.warmup, args.workdir)
         load["after_lightly"] = os.getloadavg()[0]
         first = next(iter(ours.values()))
+        # lightly again with orl-bench's thread count: how much of the gap is the thread policy alone
+        same_threads = measure_lightly(method, args.recipe, args.overrides, args.steps, args.warmup, args.workdir,
+                                       threads=first["torch_threads"])
+        load["after_lightly_same_threads"] = os.getloadavg()[0]
         results[method] = {
             **{f"orl_bench_augment_{a}": r["images_per_s"] | {"torch_threads": r["torch_threads"],
                                                              "end_to_end_over_model_only": r["end_to_end_over_model_only"]}
                for a, r in ours.items()},
-            "lightly": theirs,
+            "lightly": theirs, "lightly_with_orl_bench_threads": same_threads,
             **{f"orl_bench_{a}_over_lightly": round(r["images_per_s"]["end_to_end"] / theirs["end_to_end"], 3)
                for a, r in ours.items()},
             "load_1min": load,
