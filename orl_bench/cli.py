@@ -27,10 +27,10 @@ from orl_bench.methods.orl.correspondence import Correspondences
 from orl_bench.methods.orl.pair_quality import pair_quality
 from orl_bench.io import atomic_write_text, warn_skipped
 from orl_bench.registry import METHODS, TASKS, RegistryError
-from orl_bench.results import diagnose
+from orl_bench.results import diagnose, tables
 from orl_bench.results.figures import correspondence_grid, learning_curves, low_shot_curves, result_bars
 from orl_bench.results.paper import load_reference
-from orl_bench.results.records import read_records, records_path
+from orl_bench.results.records import load_records, read_records, records_path
 from orl_bench.results.report import summarize, to_csv, to_markdown
 
 # Errors answered with one line and exit status 2: bad input, a failing disk (OSError: unreadable,
@@ -125,6 +125,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if reused:
         print("(stored records for this backbone and task config; delete them from the record store to recompute)")
     print(to_markdown(summarize(records, load_reference())))
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    workdir, info = workdir_of(args), init_distributed()
+    pairs = [item.partition("=") for item in args.data]
+    if any(not sep or not value for _, sep, value in pairs):
+        raise ConfigError(f"--data takes NAME=PATH pairs, got {args.data}")
+    data = {name: value for name, _, value in pairs}
+    pre_data, task_data = tables.data_overrides(data)
+    ref, t0 = load_reference(), time.perf_counter()
+    numbers = list(tables.TABLES) if args.number == "all" else [args.number]
+    total = tables.Built()
+    for number in numbers:
+        plans = [(t, tables.plan_rows(t, args.recipe, ref, pre_data)) for t in map(ref.table, tables.TABLES[number])]
+        for table, rows in plans:
+            built = tables.build(rows, sorted({c.task for c in table.columns}), args.seeds, workdir, pre_data,
+                                 task_data, info, load_records(workdir), args.dry_run, print)
+            total.pretrained, total.evaluated = total.pretrained + built.pretrained, total.evaluated + built.evaluated
+        if args.dry_run or not info.is_main:
+            continue
+        records = load_records(workdir)
+        parts = []
+        for table, rows in plans:
+            hashes = {(c.task, row.recipe): tables.task_recipe_hash(c.task, row.recipe, task_data)
+                      for row in rows if row.recipe for c in table.columns}
+            parts.append((table, tables.fill(table, rows, records, args.seeds, hashes)))
+        notes = tables.provenance(parts, records, args.recipe, args.seeds, data, time.perf_counter() - t0)
+        paths = tables.write_table(number, parts, Path(args.out), notes)
+        print(paths[0].read_text())
+        print("wrote " + ", ".join(map(str, paths)))
+    if info.is_main:
+        print(f"built: {total.pretrained} pretraining run(s), {total.evaluated} evaluation(s) "
+              f"in {time.perf_counter() - t0:.0f} s" + (" (dry run: nothing built)" if args.dry_run else ""))
     return 0
 
 
@@ -304,6 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "results/) instead of the work directory's record store")
     p.add_argument("--workdir")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("table", help="regenerate the paper's Table N (or all): build the missing runs through "
+                       "the caches, write results/tables/table<N>.{md,csv,tex} beside the paper's numbers")
+    p.add_argument("number", choices=(*tables.TABLES, "all"))
+    p.add_argument("--recipe", default="default", help="the scale of every run: tiny (tests), default (the embedded "
+                   "laptop run), paper (ResNet-50 on real data; give --data)")
+    p.add_argument("--seeds", type=int, default=1, help="pretraining seeds 0..N-1 per row; cells show mean ± std")
+    p.add_argument("--data", nargs="*", default=[], metavar="NAME=PATH",
+                   help=f"real datasets by path ({', '.join(tables.DATA_SOURCES)}); without, the embedded scenes")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be built")
+    p.add_argument("--out", default="results/tables", help="where the tables are written")
+    p.add_argument("--workdir")
+    p.set_defaults(fn=cmd_table)
 
     p = sub.add_parser("list", help="registered methods or tasks (with where they come from), or recipes")
     p.add_argument("what", choices=("methods", "tasks", "recipes"))

@@ -1,0 +1,282 @@
+"""The paper's Tables 1-5 regenerated from result records: the runs a table needs, the missing
+ones built through the pipeline's caches, and the table written beside the paper's numbers.
+
+Rows, at one scale (`tiny`, `default`, `paper`), after a chance row:
+- Tables 1-4: the paper's rows in its order; each implemented method at the scale's recipe. A row
+  the project cannot build says why (a method without an implementation here; COCO+ without its
+  images).
+- Table 5(x): for every method of the paper's table, the scale's recipe and the scale's
+  ablation recipes of that table (`<scale>_5x_*.yaml`). The paper's number is the one of the same
+  settings (`Method.variant`); for 5(e) epochs are read relative to the scale, the scale's own
+  epochs standing for the paper's 800.
+A cell is the mean and standard deviation over the seeds of the row's records for the column's
+(task, metric, k) at each artifact's best layer (the record a task marks `best`, else the highest
+value), from the benchmark config that runs now, so a stale config's records never mix in.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from orl_bench import pipeline
+from orl_bench.config import ConfigError, config_hash
+from orl_bench.engine.checkpoint import RUN_INFO
+from orl_bench.engine.distributed import DistInfo
+from orl_bench.io import atomic_write_text
+from orl_bench.registry import METHODS, TASKS
+from orl_bench.results.paper import PaperReference, PaperTable
+from orl_bench.results.records import CHANCE
+
+TABLES = {"1": ("table1",), "2": ("table2",), "3": ("table3",), "4": ("table4",),
+          "5": ("table5a", "table5b", "table5c", "table5d", "table5e")}
+PAPER_EPOCHS = 800  # the paper's default schedule, which a scale's own epochs stand for
+# --data NAME=PATH: the pretraining data, or the tasks that read the dataset
+DATA_SOURCES = {"coco": ("pretrain", "coco"), "coco_plus": ("pretrain", "coco_plus"),
+                "voc07": (("voc07_svm", "voc07_lowshot"), "voc2007"),
+                "imagenet": (("linear_imagenet", "semi_imagenet_1pct", "semi_imagenet_10pct", "knn"), "imagenet"),
+                "places205": (("linear_places205",), "places205"), "inat18": (("linear_inat18",), "inat18")}
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    label: str
+    method: str
+    recipe: str | None  # the pretraining recipe; None: nothing of ours to build (chance, `missing`)
+    paper: dict[str, float]  # column key -> the paper's number for these settings
+    missing: str | None = None  # why the row has no numbers of ours
+
+
+def data_overrides(data: dict[str, str]) -> tuple[list[str], dict[str, list[str]]]:
+    """--data NAME=PATH pairs -> (pretraining overrides, task -> task overrides)."""
+    pre: list[str] = []
+    per_task: dict[str, list[str]] = {}
+    for name, path in data.items():
+        if name not in DATA_SOURCES:
+            raise ConfigError(f"--data {name}=...: unknown dataset; expected one of {', '.join(DATA_SOURCES)}")
+        target, source = DATA_SOURCES[name]
+        sets = [f"data.source={source}", f"data.root={path}"]
+        if target == "pretrain":
+            pre += sets
+        else:
+            for task in target:
+                per_task.setdefault(task, []).extend(sets)
+    return pre, per_task
+
+
+def _label(ref: PaperReference, method: str) -> str:
+    return ref.names.get("methods", {}).get(method, method)
+
+
+def _ablation_variant(method: str, recipe: str, scale: str) -> dict[str, Any]:
+    """The settings by which the paper names this recipe's row."""
+    cfg = pipeline.load_pretrain_config(method, recipe, [])
+    variant = dict(METHODS.get(method).variant(cfg))
+    scale_epochs = pipeline.load_pretrain_config(method, scale, []).train.epochs
+    variant["epochs"] = round(PAPER_EPOCHS * cfg.train.epochs / scale_epochs)
+    return variant
+
+
+def plan_rows(table: PaperTable, scale: str, ref: PaperReference, pre_data: list[str]) -> list[RowPlan]:
+    rows = [RowPlan("Chance", CHANCE, None, {})]
+    if table.kind == "main":
+        for row in table.rows:
+            label, paper = row.label, dict(row.values)
+            if row.method != pipeline.RANDOM and row.method not in METHODS.names():
+                rows.append(RowPlan(label, row.method, None, paper, "not implemented in orl-bench"))
+            elif row.pretrain_data == "coco_plus" and "data.source=coco_plus" not in pre_data:
+                rows.append(RowPlan(label, row.method, None, paper,
+                                    "dataset absent: COCO+ is train2017 + unlabeled2017 (--data coco_plus=PATH)"))
+            else:
+                rows.append(RowPlan(label, row.method, scale, paper))
+        return rows
+    letter = table.name.removeprefix("table")  # 5a .. 5e
+    for method in dict.fromkeys(row.method for row in table.rows):
+        folder = pipeline.recipe_folder(method)
+        for recipe in [scale] + sorted(p.stem for p in folder.glob(f"{scale}_{letter}_*.yaml")):
+            variant = _ablation_variant(method, recipe, scale)
+            paper = {c.key: v for c in table.columns
+                     if (v := ref.lookup(c.task, c.metric, method, k=c.k, **variant)) is not None}
+            rows.append(RowPlan(f"{_label(ref, method)} [{recipe}]", method, recipe, paper))
+    return rows
+
+
+def task_recipe_hash(task: str, recipe: str, task_data: dict[str, list[str]]) -> str:
+    return config_hash(pipeline.load_task_config(task, pipeline.benchmark_recipe(recipe), task_data.get(task, [])))
+
+
+def _best_per_artifact(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per artifact: the one marked best, else the highest value (over layers)."""
+    by_artifact: dict[Any, list[dict[str, Any]]] = {}
+    for r in records:
+        by_artifact.setdefault((r.get("artifact_sha256"), r.get("seed")), []).append(r)
+    return [next((r for r in rows if r.get("best")), max(rows, key=lambda r: r["value"]))
+            for rows in by_artifact.values()]
+
+
+def fill(table: PaperTable, rows: list[RowPlan], records: list[dict[str, Any]], seeds: int,
+         task_hash: dict[tuple[str, str], str]) -> pd.DataFrame:
+    """One line per (row, column): ours (mean, std, n), the paper's number, the delta, and why a
+    cell is empty. `task_hash[(task, recipe)]` is the hash of the benchmark config to read. The
+    chance row reads the chance records of the datasets the other rows were measured on."""
+    chosen: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        for c in table.columns:
+            chosen[row.label, c.key] = _best_per_artifact([
+                r for r in records if r["task"] == c.task and r["metric"] == c.metric and r["method"] == row.method
+                and (c.k is None or r.get("k") == c.k) and r.get("recipe") == row.recipe
+                and r.get("seed") in range(seeds) and r.get("task_config_hash") == task_hash.get((c.task, row.recipe))])
+    datasets = {(c.task, r["dataset"]) for (_, key), found in chosen.items() for c in table.columns if c.key == key
+                for r in found}
+    lines = []
+    for row in rows:
+        for c in table.columns:
+            best = chosen[row.label, c.key]
+            if row.method == CHANCE:  # the data's level, stored once per dataset (any k)
+                best = [r for r in records if r["method"] == CHANCE and r["task"] == c.task
+                        and r["metric"] == c.metric and (c.task, r["dataset"]) in datasets][-1:]
+            values = [r["value"] for r in best]
+            mean = statistics.fmean(values) if values else None
+            paper = row.paper.get(c.key)
+            lines.append({"row": row.label, "method": row.method, "recipe": row.recipe, "column": c.label,
+                          "task": c.task, "metric": c.metric, "k": c.k, "mean": mean,
+                          "std": statistics.stdev(values) if len(values) > 1 else (0.0 if values else None),
+                          "n": len(values), "paper": paper,
+                          "delta": None if mean is None or paper is None else mean - paper,
+                          "status": row.missing or ("ok" if values else "not run"),
+                          "datasets": sorted({r["dataset"] for r in best}),
+                          "artifacts": sorted({r["artifact_sha256"][:12] for r in best if r.get("artifact_sha256")}),
+                          "layers": sorted({str(r["layer"]) for r in best if r.get("layer")})})
+    return pd.DataFrame(lines)
+
+
+def _cell(line: pd.Series) -> str:
+    if line["status"] != "ok":
+        ours = "-"
+    else:
+        ours = f"{line['mean']:.2f}" + (f" ± {line['std']:.2f}" if line["n"] > 1 else "")
+    paper = "" if pd.isna(line["paper"]) else f" ({line['paper']:.1f}"
+    if paper:
+        paper += f", {line['delta']:+.1f})" if not pd.isna(line["delta"]) else ")"
+    return ours + paper
+
+
+def pivot(frame: pd.DataFrame, table: PaperTable) -> pd.DataFrame:
+    """Rows x columns of 'ours ± std (paper, delta)' strings, in the table's order."""
+    cells = frame.assign(cell=frame.apply(_cell, axis=1))
+    wide = cells.pivot(index="row", columns="column", values="cell")
+    return wide.loc[list(dict.fromkeys(frame["row"])), [c.label for c in table.columns]]
+
+
+@dataclass
+class Built:
+    """What a build did; a second run over unchanged inputs finds everything and builds nothing."""
+    pretrained: int = 0
+    evaluated: int = 0
+
+
+def _stored(records: list[dict[str, Any]], row: RowPlan, seed: int, task: str, task_hash: str) -> bool:
+    return any(r["task"] == task and r["method"] == row.method and r.get("recipe") == row.recipe
+               and r.get("seed") == seed and r.get("task_config_hash") == task_hash for r in records)
+
+
+def build(rows: list[RowPlan], tasks: list[str], seeds: int, workdir: Path, pre_data: list[str],
+          task_data: dict[str, list[str]], info: DistInfo, records: list[dict[str, Any]], dry_run: bool,
+          say: Callable[[str], None]) -> Built:
+    """Pretrain (or reuse) every row's artifact per seed, then evaluate it on `tasks` (or reuse
+    its records); with `dry_run`, only say what is missing. Under torchrun every process
+    pretrains and runs the distributed tasks (Mask R-CNN); the others run on rank 0 after them,
+    so no process waits for another's single-process evaluation inside a collective."""
+    built, runs = Built(), []
+    for row in rows:
+        for seed in range(seeds if row.recipe else 0):
+            todo = [t for t in tasks if not _stored(records, row, seed, t, task_recipe_hash(t, row.recipe, task_data))]
+            if todo and dry_run:
+                say(f"would build: {row.method} [{row.recipe}] seed {seed}: pretrain (or reuse its artifact), "
+                    f"then evaluate {', '.join(todo)}; {estimate(workdir, records, row, todo)}")
+            elif todo:
+                overrides = [*pre_data, f"train.seed={seed}"]
+                cfg = pipeline.load_pretrain_config(row.method, row.recipe, overrides)
+                folder, timings = pipeline.ensure_pretrained(cfg, row.recipe, workdir, info, overrides)
+                built.pretrained += not timings.get("pretrain_reused", False)
+                runs.append((row, seed, cfg, folder, todo))
+    for distributed in (True, False):
+        if not (distributed or info.is_main):
+            break
+        for row, seed, cfg, folder, todo in runs:
+            ref, extra = pipeline.artifact_ref(folder), pipeline.record_fields(cfg, folder)
+            for task in (t for t in todo if TASKS.get(t).distributed == distributed):
+                task_cfg = pipeline.load_task_config(task, pipeline.benchmark_recipe(row.recipe), task_data.get(task, []))
+                _, reused = pipeline.evaluate(task_cfg, ref, workdir, info.device, extra, info)
+                built.evaluated += not reused
+                say(f"{'reused' if reused else 'evaluated'}: {row.method} [{row.recipe}] seed {seed} on {task}")
+    return built
+
+
+def estimate(workdir: Path, records: list[dict[str, Any]], row: RowPlan, tasks: list[str]) -> str:
+    """A cost estimate from this work directory's history: the median wall time of earlier
+    pretraining runs of the same method and recipe (a multi-stage method's last stage only), and
+    of earlier evaluations of the same benchmark recipe (any method); `unknown` where there is none."""
+    trained = []
+    for manifest in (Path(workdir) / "artifacts").glob(f"{row.method}-*/manifest.json"):
+        run = manifest.with_name(RUN_INFO)
+        if run.is_file() and json.loads(manifest.read_text()).get("recipe") == row.recipe:
+            trained.append(json.loads(run.read_text()).get("train_wall_s_this_run", 0))
+    parts = [f"pretraining ~{statistics.median(trained):.0f} s" if trained else "pretraining time unknown"]
+    for task in tasks:
+        runs = [r["wall_time_s"] for r in _one_per_run(records) if r["task"] == task
+                and r.get("recipe") and pipeline.benchmark_recipe(r["recipe"]) == pipeline.benchmark_recipe(row.recipe)]
+        parts.append(f"{task} ~{statistics.median(runs):.0f} s" if runs else f"{task} unknown")
+    return "estimated " + ", ".join(parts)
+
+
+def provenance(parts: list[tuple[PaperTable, pd.DataFrame]], records: list[dict[str, Any]], scale: str, seeds: int,
+               data: dict[str, str], seconds: float) -> str:
+    """Where a table's numbers come from, as Markdown bullets."""
+    frame = pd.concat([f for _, f in parts])
+    artifacts = sorted({a for found in frame["artifacts"] for a in found})
+    tasks = {c.task for table, _ in parts for c in table.columns}
+    used = [r for r in records if r["task"] in tasks and r.get("artifact_sha256")
+            and r["artifact_sha256"][:12] in artifacts]
+    protocols = sorted({str(r.get("protocol")) for r in used if r.get("protocol")})
+    solvers = sorted({r["svm_solver"] for r in used if r.get("svm_solver")})
+    lines = [f"- recipe: `{scale}` (pretraining and benchmarks), seeds {list(range(seeds))}",
+             f"- data: {', '.join(f'{k}={v}' for k, v in data.items()) or 'the embedded scenes'}; datasets "
+             + ", ".join(f"`{d}`" for d in sorted({d for found in frame["datasets"] for d in found})),
+             f"- artifacts (sha256, first 12): {', '.join(artifacts) or 'none'}",
+             f"- protocols: {'; '.join(protocols) or '-'}" + (f"; SVM solver {', '.join(solvers)}" if solvers else ""),
+             f"- devices: {', '.join(sorted({str(r.get('device')) for r in used})) or '-'}",
+             f"- evaluation time in the records: {sum(r.get('wall_time_s', 0) for r in _one_per_run(used)):.0f} s; "
+             f"this command: {seconds:.0f} s; written {time.strftime('%Y-%m-%d %H:%M %Z')}"]
+    return "\n".join(lines) + "\n"
+
+
+def _one_per_run(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per evaluation run (a run writes one record per layer or metric)."""
+    return list({(r["task"], r["artifact_sha256"], r.get("task_config_hash"), r.get("timestamp")): r
+                 for r in records}.values())
+
+
+def write_table(number: str, parts: list[tuple[PaperTable, pd.DataFrame]], out: Path, notes: str) -> list[Path]:
+    """results/tables/table{N}.md, .csv (one line per cell) and .tex."""
+    md, tex = [], []
+    for table, frame in parts:
+        wide = pivot(frame, table)
+        md += [f"### {table.title}\n", wide.to_markdown(), "\n"]
+        missing = frame[frame["status"].str.startswith(("not implemented", "dataset", "no "))]
+        md += [f"- {row}: {why}" for row, why in dict(zip(missing["row"], missing["status"])).items()]
+        md.append("")
+        tex.append(wide.to_latex(caption=table.title, label=table.name, escape=True))
+    md += ["Each cell: ours, mean ± std over seeds (paper's number, ours - paper); `-`: not run or missing.\n",
+           "#### Provenance\n", notes]
+    paths = [out / f"table{number}.md", out / f"table{number}.csv", out / f"table{number}.tex"]
+    csv = pd.concat([frame.assign(table=table.name) for table, frame in parts]).to_csv(index=False)
+    for path, text in zip(paths, ("\n".join(md), csv, "\n".join(tex))):
+        atomic_write_text(path, text)
+    return paths

@@ -1,0 +1,95 @@
+"""`orl-bench table` (orl_bench/results/tables.py): the rows a paper table needs at a scale, cells
+from records (mean ± std over seeds at each artifact's best layer, stale configs left out, the
+chance row of the same data), the written files, and a rebuild that builds nothing."""
+from __future__ import annotations
+
+import pytest
+
+from orl_bench.config import ConfigError
+from orl_bench.results import tables
+from orl_bench.results.paper import load_reference
+from tests.conftest import run_main
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return load_reference()
+
+
+def by_label(rows):
+    return {row.label: row for row in rows}
+
+
+def test_main_table_rows_say_why_they_cannot_be_built(ref):
+    rows = by_label(tables.plan_rows(ref.table("table4"), "default", ref, []))
+    assert list(rows)[0] == "Chance"
+    assert rows["BYOL (COCO)"].recipe == "default" and rows["BYOL (COCO)"].paper["ap_bb"] == 39.5
+    assert rows["Self-EMD (COCO)"].missing == "not implemented in orl-bench"
+    assert rows["ORL (COCO+)"].recipe is None and rows["ORL (COCO+)"].missing.startswith("dataset absent: COCO+")
+    with_plus = by_label(tables.plan_rows(ref.table("table4"), "paper", ref, ["data.source=coco_plus"]))
+    assert with_plus["ORL (COCO+)"].recipe == "paper" and with_plus["ORL (COCO+)"].missing is None
+
+
+def test_ablation_rows_are_the_scales_recipes_with_the_paper_number_of_their_settings(ref):
+    rows = by_label(tables.plan_rows(ref.table("table5a"), "default", ref, []))
+    assert {label: row.paper.get("voc07") for label, row in rows.items() if row.recipe} == {
+        "BYOL [default]": 84.5, "ORL [default]": 86.7, "ORL [default_5a_inter_only]": 85.9,
+        "ORL [default_5a_intra_only]": 85.7}
+    # 5(e): the scale's own epochs stand for the paper's 800 (BYOL default: 8 epochs)
+    epochs = by_label(tables.plan_rows(ref.table("table5e"), "default", ref, []))
+    assert epochs["BYOL [default_5e_epochs4]"].paper == {"voc07": 83.7}  # 400
+    assert epochs["BYOL [default_5e_epochs16]"].paper == {"voc07": 84.9}  # 1600
+
+
+def record(method, value, seed=0, layer="res5", task="voc07_svm", metric="mAP", recipe="default", artifact=None,
+           config="h", dataset="d", **extra):
+    return {"task": task, "metric": metric, "value": value, "method": method, "seed": seed, "layer": layer,
+            "recipe": recipe, "task_config_hash": config, "dataset": dataset,
+            "artifact_sha256": artifact or f"{method}-{seed}".ljust(64, "0"), **extra}
+
+
+def test_cells_average_seeds_at_the_best_layer_and_skip_stale_configs(ref):
+    table = ref.table("table1")
+    rows = [r for r in tables.plan_rows(table, "default", ref, []) if r.method in ("chance", "byol", "orl")]
+    records = [record("byol", 50.0, seed=0), record("byol", 55.0, seed=0, layer="res4"),  # best layer: 55
+               record("byol", 45.0, seed=1),
+               record("byol", 99.0, seed=2),  # beyond --seeds 2
+               record("byol", 99.0, seed=0, config="stale", artifact="x" * 64),  # another benchmark config
+               record("chance", 13.0, seed=None, layer=None, recipe=None, artifact=None, config="c") | {"artifact_sha256": None},
+               record("chance", 77.0, seed=None, layer=None, recipe=None, dataset="other", config="c") | {"artifact_sha256": None}]
+    hashes = {(c.task, "default"): "h" for c in table.columns}
+    frame = tables.fill(table, rows, records, seeds=2, task_hash=hashes)
+    voc = frame[frame["task"] == "voc07_svm"].set_index("row")
+    assert voc.loc["BYOL (COCO)", "mean"] == pytest.approx(50.0) and voc.loc["BYOL (COCO)", "n"] == 2
+    assert voc.loc["BYOL (COCO)", "std"] == pytest.approx(7.0711, abs=1e-4)
+    assert voc.loc["BYOL (COCO)", "delta"] == pytest.approx(50.0 - 84.5)
+    assert voc.loc["BYOL (COCO)", "layers"] == ["res4", "res5"]
+    assert voc.loc["Chance", "mean"] == 13.0  # the chance of the data the rows were measured on
+    assert voc.loc["ORL (COCO)", "status"] == "not run" and voc.loc["ORL (COCO+)", "status"].startswith("dataset absent")
+    wide = tables.pivot(frame, table)
+    assert wide.loc["BYOL (COCO)", "VOC07"] == "50.00 ± 7.07 (84.5, -34.5)"
+    assert wide.loc["ORL (COCO)", "VOC07"] == "- (86.7)"
+
+
+def test_unknown_data_names_are_an_error_listing_the_known():
+    with pytest.raises(ConfigError, match="--data cityscapes=...: unknown dataset; expected one of coco, coco_plus"):
+        tables.data_overrides({"cityscapes": "/x"})
+    pre, per_task = tables.data_overrides({"coco": "/c", "voc07": "/v"})
+    assert pre == ["data.source=coco", "data.root=/c"]
+    assert per_task["voc07_lowshot"] == ["data.source=voc2007", "data.root=/v"]
+
+
+@pytest.mark.slow
+def test_table_all_at_tiny_writes_every_table_and_a_second_run_builds_nothing(capsys, workdir, tmp_path):
+    out = tmp_path / "tables"
+    first = run_main(capsys, "table", "all", "--recipe", "tiny", "--workdir", str(workdir), "--out", str(out))
+    assert "built: 0 pretraining" not in first
+    for n in "12345":
+        for suffix in ("md", "csv", "tex"):
+            assert (out / f"table{n}.{suffix}").is_file()
+    assert "Table 5(e)" in (out / "table5.md").read_text() and "#### Provenance" in (out / "table1.md").read_text()
+    second = run_main(capsys, "table", "all", "--recipe", "tiny", "--workdir", str(workdir), "--out", str(out))
+    assert "built: 0 pretraining run(s), 0 evaluation(s)" in second
+    more_seeds = run_main(capsys, "table", "2", "--recipe", "tiny", "--seeds", "2", "--dry-run", "--workdir", str(workdir))
+    assert "would build: byol [tiny] seed 1: pretrain (or reuse its artifact), then evaluate voc07_lowshot; " \
+           "estimated pretraining ~" in more_seeds and "would build: byol [tiny] seed 0" not in more_seeds
