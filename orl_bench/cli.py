@@ -140,7 +140,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     total = tables.Built()
     for number in numbers:
         plans = [(t, tables.plan_rows(t, args.recipe, ref, pre_data)) for t in map(ref.table, tables.TABLES[number])]
-        for table, rows in plans:
+        for table, rows in ([] if args.no_build else plans):
             built = tables.build(rows, sorted({c.task for c in table.columns}), args.seeds, workdir, pre_data,
                                  task_data, info, load_records(workdir), args.dry_run, print)
             total.pretrained, total.evaluated = total.pretrained + built.pretrained, total.evaluated + built.evaluated
@@ -348,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="*", default=[], metavar="NAME=PATH",
                    help=f"real datasets by path ({', '.join(tables.DATA_SOURCES)}); without, the embedded scenes")
     p.add_argument("--dry-run", action="store_true", help="only list what would be built")
+    p.add_argument("--no-build", action="store_true", help="write the tables from the records as they are, "
+                   "building nothing (cells not run stay empty): e.g. from a partial sweep")
     p.add_argument("--out", default="results/tables", help="where the tables are written")
     p.add_argument("--workdir")
     p.set_defaults(fn=cmd_table)

@@ -147,7 +147,7 @@ def fill(table: PaperTable, rows: list[RowPlan], records: list[dict[str, Any]], 
             lines.append({"row": row.label, "method": row.method, "recipe": row.recipe, "column": c.label,
                           "task": c.task, "metric": c.metric, "k": c.k, "mean": mean,
                           "std": statistics.stdev(values) if len(values) > 1 else (0.0 if values else None),
-                          "n": len(values), "paper": paper,
+                          "n": len(values), "seeds": seeds, "paper": paper,
                           "delta": None if mean is None or paper is None else mean - paper,
                           "status": row.missing or ("ok" if values else "not run"),
                           "datasets": sorted({r["dataset"] for r in best}),
@@ -161,6 +161,8 @@ def _cell(line: pd.Series) -> str:
         ours = "-"
     else:
         ours = f"{line['mean']:.2f}" + (f" ± {line['std']:.2f}" if line["n"] > 1 else "")
+        if line["method"] != CHANCE and line["n"] < line["seeds"]:  # fewer seeds than asked for
+            ours += f" [{line['n']}/{line['seeds']} seeds]"
     paper = "" if pd.isna(line["paper"]) else f" ({line['paper']:.1f}"
     if paper:
         paper += f", {line['delta']:+.1f})" if not pd.isna(line["delta"]) else ")"

@@ -69,6 +69,8 @@ def test_cells_average_seeds_at_the_best_layer_and_skip_stale_configs(ref):
     wide = tables.pivot(frame, table)
     assert wide.loc["BYOL (COCO)", "VOC07"] == "50.00 ± 7.07 (84.5, -34.5)"
     assert wide.loc["ORL (COCO)", "VOC07"] == "- (86.7)"
+    one_seed = tables.fill(table, rows, records[:2], seeds=2, task_hash=hashes)
+    assert tables.pivot(one_seed, table).loc["BYOL (COCO)", "VOC07"] == "55.00 [1/2 seeds] (84.5, -29.5)"
 
 
 def test_unknown_data_names_are_an_error_listing_the_known():
