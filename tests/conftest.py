@@ -3,6 +3,7 @@ test's own work directory, so tests never share artifacts, features or records."
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,22 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "orl_bench.cli", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=REPO)
+
+
+def straight_then_killed(args: list[str], kill_at: str, tmp_path: Path, tiny_data: Path) -> tuple[Path, Path]:
+    """`orl-bench ARGS` run to the end in one work directory and, in another, until SIGKILL at
+    `kill_at` (an ORL_BENCH_KILL_AT spec); both share the tiny data. Returns (straight, killed)."""
+    homes = []
+    for name in ("straight", "killed"):
+        home = tmp_path / name
+        home.mkdir()
+        (home / "data").symlink_to(tiny_data, target_is_directory=True)
+        homes.append(home)
+    done = run_cli(*args, "--workdir", str(homes[0]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = run_cli(*args, "--workdir", str(homes[1]), env={"ORL_BENCH_KILL_AT": kill_at})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    return homes[0], homes[1]
 
 
 def run_main(capsys, *args: str) -> str:

@@ -4,7 +4,6 @@ schedule, and a resumed fine-tuning equal to an uninterrupted one."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 
@@ -28,7 +27,7 @@ from orl_bench.tasks.coco_maskrcnn import (MaskRCNNParams, build_maskrcnn, detec
 from orl_bench.tasks.detectron2_backend import maskrcnn_config
 from orl_bench.tasks.detection_data import (InstanceImages, chance_results, check_instances, coco_ap,
                                            ground_truth_as_results)
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, straight_then_killed
 
 
 def write_coco(root, annotations, categories=({"id": 1, "name": "a"}, {"id": 2, "name": "b"})):
@@ -166,15 +165,7 @@ def _final_state(home):
 def test_killed_cli_fine_tuning_resumes_to_the_uninterrupted_weights(tmp_path, tiny_data):
     """SIGKILL right after the first of two checkpoints, then the same command: the rerun trains
     iterations 3-4 only and ends with the uninterrupted run's weights, losses and records."""
-    homes = {}
-    for name in ("straight", "killed"):
-        homes[name] = tmp_path / name
-        homes[name].mkdir()
-        (homes[name] / "data").symlink_to(tiny_data, target_is_directory=True)
-    done = run_cli(*RUN, "--workdir", str(homes["straight"]))
-    assert done.returncode == 0, done.stderr[-3000:]
-    killed = run_cli(*RUN, "--workdir", str(homes["killed"]), env={"ORL_BENCH_KILL_AT": "detection.checkpoint:1"})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    homes = dict(zip(("straight", "killed"), straight_then_killed(RUN, "detection.checkpoint:1", tmp_path, tiny_data)))
     assert _final_state(homes["killed"])["iteration"] == 2 and not load_records(homes["killed"])
     resumed = run_cli(*RUN, "--workdir", str(homes["killed"]))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

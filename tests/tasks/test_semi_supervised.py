@@ -3,10 +3,8 @@ epoch, the rerun resumes and ends with the records of an uninterrupted run; the 
 records every point and marks the best."""
 from __future__ import annotations
 
-import signal
-
 from orl_bench.results.records import load_records
-from tests.conftest import run_cli, run_main
+from tests.conftest import run_cli, run_main, straight_then_killed
 
 RUN = ["run", "--method", "random", "--recipe", "tiny", "--task", "semi_imagenet_10pct", "--set",
        "task.params.epochs=3", "--set", "task.params.milestones=[2]"]
@@ -18,19 +16,11 @@ def _rows(home):
 
 
 def test_killed_fine_tuning_resumes_to_the_uninterrupted_result(tmp_path, tiny_data):
-    homes = {}
-    for name in ("straight", "killed"):
-        homes[name] = tmp_path / name
-        homes[name].mkdir()
-        (homes[name] / "data").symlink_to(tiny_data, target_is_directory=True)
-    done = run_cli(*RUN, "--workdir", str(homes["straight"]))
-    assert done.returncode == 0, done.stderr[-3000:]
-    killed = run_cli(*RUN, "--workdir", str(homes["killed"]), env={"ORL_BENCH_KILL_AT": "eval.epoch:2"})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert list((homes["killed"] / "evals").rglob("state.pt"))  # two epochs are on disk
-    resumed = run_cli(*RUN, "--workdir", str(homes["killed"]))
+    straight, killed = straight_then_killed(RUN, "eval.epoch:2", tmp_path, tiny_data)
+    assert list((killed / "evals").rglob("state.pt"))  # two epochs are on disk
+    resumed = run_cli(*RUN, "--workdir", str(killed))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert _rows(homes["killed"]) == _rows(homes["straight"]) and _rows(homes["straight"])
+    assert _rows(killed) == _rows(straight) and _rows(straight)
 
 
 def test_the_official_grid_records_every_point_and_the_best(capsys, workdir):
