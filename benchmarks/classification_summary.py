@@ -17,6 +17,7 @@ import numpy as np
 
 from orl_bench.io import atomic_write_text
 from orl_bench.results.records import read_records
+from orl_bench.results.tables import best_per_artifact
 
 METHODS = ("chance", "random", "byol", "orl", "supervised")
 
@@ -26,17 +27,14 @@ def best_values(records: list[dict], k: int) -> dict[tuple[str, str], tuple[floa
     latest = {}  # task -> the config of its newest record: an earlier configuration is not mixed in
     for r in sorted(records, key=lambda r: r["timestamp"]):
         latest[r["task"]] = r["task_config_hash"]
-    per_artifact: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    per_method: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
         if r["task_config_hash"] != latest[r["task"]] and r["method"] != "chance":  # chance: the data's, stored once
             continue
         if r["task"] == "voc07_lowshot" and r["method"] != "chance" and r.get("k") != k:
             continue
-        per_artifact[r["task"], r["method"], str(r.get("artifact_sha256"))].append(r)
-    best: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for (task, method, _), rows in per_artifact.items():
-        marked = [r for r in rows if r.get("best")]
-        best[task, method].append(marked[0] if marked else max(rows, key=lambda r: r["value"]))
+        per_method[r["task"], r["method"]].append(r)
+    best = {key: best_per_artifact(rows) for key, rows in per_method.items()}
     return {key: (float(np.mean([r["value"] for r in rows])), "/".join(sorted({str(r["layer"]) for r in rows})))
             for key, rows in best.items()}
 

@@ -130,6 +130,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_table(args: argparse.Namespace) -> int:
     workdir, info = workdir_of(args), init_distributed()
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds is the number of pretraining seeds per row (0..N-1); expected >= 1, got {args.seeds}")
     pairs = [item.partition("=") for item in args.data]
     if any(not sep or not value for _, sep, value in pairs):
         raise ConfigError(f"--data takes NAME=PATH pairs, got {args.data}")

@@ -111,7 +111,7 @@ def task_recipe_hash(task: str, recipe: str, task_data: dict[str, list[str]]) ->
     return config_hash(pipeline.load_task_config(task, pipeline.benchmark_recipe(recipe), task_data.get(task, [])))
 
 
-def _best_per_artifact(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def best_per_artifact(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One record per artifact: the one marked best, else the highest value (over layers)."""
     by_artifact: dict[Any, list[dict[str, Any]]] = {}
     for r in records:
@@ -128,7 +128,7 @@ def fill(table: PaperTable, rows: list[RowPlan], records: list[dict[str, Any]], 
     chosen: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         for c in table.columns:
-            chosen[row.label, c.key] = _best_per_artifact([
+            chosen[row.label, c.key] = best_per_artifact([
                 r for r in records if r["task"] == c.task and r["metric"] == c.metric and r["method"] == row.method
                 and (c.k is None or r.get("k") == c.k) and r.get("recipe") == row.recipe
                 and r.get("seed") in range(seeds) and r.get("task_config_hash") == task_hash.get((c.task, row.recipe))])

@@ -17,16 +17,10 @@ from PIL import Image
 from scipy.stats import ks_2samp
 from torchvision.transforms import RandomResizedCrop, v2
 
-from orl_bench import pipeline
-from orl_bench.config import ConfigError
 from orl_bench.data import views
 from orl_bench.data.batched_views import (PARAM_FIELDS, BatchedViews, collate_padded, draw_view_params,
                                           shift_hue)
-from orl_bench.data.pretrain_dataset import collate_skipping_unreadable
-from orl_bench.data.sources import pretrain_images
 from orl_bench.data.views import IMAGENET_MEAN, IMAGENET_STD, ViewParams, seeded_call, view_transform
-from orl_bench.engine.distributed import DistInfo
-from orl_bench.engine.trainer import build_method
 
 TF = v2.functional
 COLUMN = {name: i for i, name in enumerate(PARAM_FIELDS)}
@@ -413,30 +407,3 @@ def test_bad_input_says_what_was_expected():
     with pytest.raises(ValueError, match="must be 1 or 2, got 3"):
         draw_view_params(RECIPE, 3, 48, 64)
 
-
-@pytest.mark.parametrize("method", ["byol", "byol_multicrop"])
-def test_device_path_batches_match_the_loader_path(workdir, method):
-    """train.augment=device: the same sampler keys give the loader path's views (same parameters,
-    pixels within the tolerance above), view for view and in the same order."""
-    paths = pretrain_images(pipeline.load_pretrain_config(method, "tiny", []).data, workdir).paths
-    keys = [3, 70, 5, 64 + 11]  # two epochs' keys, as the sampler gives them
-    batches = {}
-    for augment in ("loader", "device"):
-        cfg = pipeline.load_pretrain_config(method, "tiny", [f"train.augment={augment}", "train.channels_last=false"])
-        built = build_method(cfg, DistInfo(0, 1, 0, torch.device("cpu")))
-        dataset = built.make_dataset(paths)
-        batch, bad = collate_skipping_unreadable([dataset[k] for k in keys])
-        assert not bad
-        batches[augment] = built.device_views(batch) if augment == "device" else batch
-    assert len(batches["device"]) == len(batches["loader"]) >= 2
-    for made, reference in zip(batches["device"], batches["loader"]):
-        assert made.shape == reference.shape
-        scale = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)  # back to [0, 1] units
-        assert ((made - reference).abs() * scale).mean() < 0.02
-
-
-def test_methods_whose_samples_need_more_than_the_image_refuse_the_device_path(workdir):
-    cfg = pipeline.load_pretrain_config("supervised", "tiny", ["train.augment=device"])
-    with pytest.raises(ConfigError, match="method 'supervised' makes its samples from more than the image.*"
-                                          "train.augment=loader"):
-        build_method(cfg, DistInfo(0, 1, 0, torch.device("cpu")))

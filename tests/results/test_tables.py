@@ -95,3 +95,10 @@ def test_table_all_at_tiny_writes_every_table_and_a_second_run_builds_nothing(ca
     more_seeds = run_main(capsys, "table", "2", "--recipe", "tiny", "--seeds", "2", "--dry-run", "--workdir", str(workdir))
     assert "would build: byol [tiny] seed 1: pretrain (or reuse its artifact), then evaluate voc07_lowshot; " \
            "estimated pretraining ~" in more_seeds and "would build: byol [tiny] seed 0" not in more_seeds
+
+
+def test_table_needs_at_least_one_seed(capsys, workdir):
+    from orl_bench.cli import main
+    assert main(["table", "1", "--seeds", "0", "--workdir", str(workdir)]) == 2
+    assert "--seeds is the number of pretraining seeds per row (0..N-1); expected >= 1, got 0" in capsys.readouterr().err
+    assert not (workdir / "artifacts").exists()
