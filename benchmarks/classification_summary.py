@@ -17,7 +17,7 @@ import numpy as np
 
 from orl_bench.io import atomic_write_text
 from orl_bench.results.records import read_records
-from orl_bench.results.tables import best_per_artifact
+from orl_bench.results.report import best_per_artifact
 
 METHODS = ("chance", "random", "byol", "orl", "supervised")
 

@@ -27,11 +27,11 @@ from orl_bench.methods.orl.correspondence import Correspondences
 from orl_bench.methods.orl.pair_quality import pair_quality
 from orl_bench.io import atomic_write_text, warn_skipped
 from orl_bench.registry import METHODS, TASKS, RegistryError
-from orl_bench.results import diagnose, tables
+from orl_bench.results import diagnose, table_figures, tables
 from orl_bench.results.figures import correspondence_grid, learning_curves, low_shot_curves, result_bars
 from orl_bench.results.paper import load_reference
 from orl_bench.results.records import load_records, read_records, records_path
-from orl_bench.results.report import summarize, to_csv, to_markdown
+from orl_bench.results.report import at_a_glance, glance_markdown, summarize, to_csv, to_markdown
 
 # Errors answered with one line and exit status 2: bad input, a failing disk (OSError: unreadable,
 # missing or wrong-kind paths, a full disk; what was written before stays whole) and a diverged
@@ -154,10 +154,12 @@ def cmd_table(args: argparse.Namespace) -> int:
             hashes = {(c.task, row.recipe): tables.task_recipe_hash(c.task, row.recipe, task_data)
                       for row in rows if row.recipe for c in table.columns}
             parts.append((table, tables.fill(table, rows, records, args.seeds, hashes)))
-        notes = tables.provenance(parts, records, args.recipe, args.seeds, data, time.perf_counter() - t0)
+        notes = tables.provenance(parts, records, args.recipe, args.seeds, data, time.perf_counter() - t0, workdir)
         paths = tables.write_table(number, parts, Path(args.out), notes)
         print(paths[0].read_text())
         print("wrote " + ", ".join(map(str, paths)))
+        for line in table_figures.draw(parts, workdir, Path(args.figures)):
+            print(f"figure {line}")
     if info.is_main:
         print(f"built: {total.pretrained} pretraining run(s), {total.evaluated} evaluation(s) "
               f"in {time.perf_counter() - t0:.0f} s" + (" (dry run: nothing built)" if args.dry_run else ""))
@@ -188,7 +190,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise ConfigError(f"no records of task '{args.task}' in {', '.join(map(str, sources))}; "
                               f"they hold tasks: {', '.join(tasks)}")
     rows = summarize(records, load_reference())
-    text = to_csv(rows) if args.format == "csv" else to_markdown(rows)
+    if args.full:
+        text = to_csv(rows) if args.format == "csv" else to_markdown(rows)
+    else:
+        glance = at_a_glance(records, load_reference())
+        text = glance.to_csv(index=False) if args.format == "csv" else glance_markdown(glance)
     if args.out:
         atomic_write_text(Path(args.out), text)
     print(text, end="")
@@ -326,8 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint_args(p)
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("report", help="tables of all result records, with the paper's numbers beside")
+    p = sub.add_parser("report", help="all result records at a glance: per task, each method beside chance, random "
+                       "init and the paper's number")
     p.add_argument("--task", help="only this task")
+    p.add_argument("--full", action="store_true", help="one row per grouping key (layer, setup hash, variant, ...) "
+                   "instead of the at-a-glance view (per task cell: method, value at the best layer, chance, random, "
+                   "paper): to see every layer, or why two runs of a method were not averaged")
     p.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     p.add_argument("--out", help="also write the table to this file")
     p.add_argument("--figure", help="also draw the rows as a bar chart (mean ± std, chance line) to this PNG")
@@ -353,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-build", action="store_true", help="write the tables from the records as they are, "
                    "building nothing (cells not run stay empty): e.g. from a partial sweep")
     p.add_argument("--out", default="results/tables", help="where the tables are written")
+    p.add_argument("--figures", default="results/figures", help="where the tables' figures are written (loss "
+                   "curves, Figures 3 and 4 with Table 1; low-shot curves with Table 2; schedule curves with Table 5)")
     p.add_argument("--workdir")
     p.set_defaults(fn=cmd_table)
 

@@ -3,6 +3,9 @@
 `result_bars` draws a report's rows as bars with error bars beside the chance level;
 `learning_curves` draws them against pretraining epochs, one line per method setting;
 `low_shot_curves` against the labelled images per class k (Table 2 as a plot).
+`loss_curves` draws the training loss of each method's runs from their logs; `activation_maps` is
+the paper's Figure 4, where backbones' last-stage features are strong, with a number: the share
+of the activation mass inside the objects' boxes.
 `correspondence_grid` is the paper's Figure 3: ORL's stage-2 RoI pairs across images. Each row is
 one query image: the image and its nearest neighbour that holds pairs, with the top-ranked pairs
 (pairs are stored by decreasing RoI similarity) drawn in matching colours, then the crops of each
@@ -18,11 +21,18 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+import numpy as np
+import torch
 
 from orl_bench.data.images import read_rgb
+from orl_bench.data.views import IMAGENET_MEAN, IMAGENET_STD
 from orl_bench.io import atomic_write
 from orl_bench.methods.orl.correspondence import Correspondences
 from orl_bench.results.records import CHANCE
+
+class NothingToDraw(ValueError):
+    """The inputs hold nothing this figure shows (no such rows, no pairs); other ValueErrors are bad input."""
+
 
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4")
 
@@ -43,7 +53,7 @@ def correspondence_grid(c: Correspondences, paths: list[Path], out: Path, rows: 
         raise ValueError(f"pairs_per_row must be in 1..{len(COLOURS)}, got {pairs_per_row}")
     candidates = _with_pairs(c)
     if not candidates:
-        raise ValueError("the correspondences hold no RoI pairs to draw")
+        raise NothingToDraw("the correspondences hold no RoI pairs to draw")
     queries = sorted(random.Random(seed).sample(candidates, min(rows, len(candidates))))
     cols = 2 + 2 * pairs_per_row
     fig = Figure(figsize=(1.8 * cols, 1.9 * len(queries)))
@@ -84,7 +94,7 @@ def result_bars(rows: list[dict], out: Path, layer: str = "res5") -> int:
     level as a dashed line, so every number is read against its floor. Returns the bars drawn."""
     panels = _panels(rows, layer)
     if not panels:
-        raise ValueError(f"no report rows at layer {layer} to draw")
+        raise NothingToDraw(f"no report rows at layer {layer} to draw")
     fig = Figure(figsize=(1.2 + 1.1 * max(len(v) for v in panels.values()), 3.6 * len(panels)))
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     drawn = 0
@@ -143,7 +153,7 @@ def learning_curves(rows: list[dict], out: Path, layer: str = "res5") -> int:
     panels = {key: items for key, items in _panels(rows, layer).items()  # low-shot rows: low_shot_curves
               if any(r["epochs"] for r in items) and all(r["k"] is None for r in items)}
     if not panels:
-        raise ValueError(f"no report rows with pretraining epochs at layer {layer} to draw")
+        raise NothingToDraw(f"no report rows with pretraining epochs at layer {layer} to draw")
 
     def draw(ax: Axes, items: list[dict]) -> int:
         lines: dict[tuple, list[dict]] = {}
@@ -173,7 +183,7 @@ def low_shot_curves(rows: list[dict], out: Path, layer: str = "res5") -> int:
     Each row's value is already the mean over the task's draws. Returns the lines drawn."""
     panels = {key: items for key, items in _panels(rows, layer).items() if any(r["k"] is not None for r in items)}
     if not panels:
-        raise ValueError(f"no low-shot report rows (with k) at layer {layer} to draw")
+        raise NothingToDraw(f"no low-shot report rows (with k) at layer {layer} to draw")
 
     def draw(ax: Axes, items: list[dict]) -> int:
         lines: dict[tuple, list[dict]] = {}
@@ -196,3 +206,93 @@ def low_shot_curves(rows: list[dict], out: Path, layer: str = "res5") -> int:
         return len(lines)
 
     return _line_panels(panels, out, layer, "mean over pretraining seeds, band 1 std", draw)
+
+
+def loss_curves(runs: dict[str, list[tuple[int, list[dict]]]], out: Path) -> int:
+    """Training loss per method: one panel per method (losses differ in scale between methods),
+    one line per pretraining seed over the optimiser steps of its `log.jsonl`. `runs` maps a
+    panel title to (seed, log entries) pairs. Returns the lines drawn."""
+    panels = {title: seeds for title, seeds in runs.items() if any(any("loss" in e for e in log) for _, log in seeds)}
+    if not panels:
+        raise NothingToDraw("no training-loss entries in the logs to draw")
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(3.6 * cols, 2.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    drawn = 0
+    for ax, (title, seeds) in zip(axes, panels.items()):
+        for seed, log in sorted(seeds, key=lambda s: s[0]):
+            points = [(e["step"], e["loss"]) for e in log if "loss" in e and "step" in e]
+            if points:
+                ax.plot(*zip(*points), color=COLOURS[seed % len(COLOURS)], linewidth=1, label=f"seed {seed}")
+                drawn += 1
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("optimiser step", fontsize=7)
+        ax.set_ylabel("training loss", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return drawn
+
+
+def activation_maps(backbones: dict[str, torch.nn.Module], images: list[np.ndarray], boxes: list[np.ndarray],
+                    out: Path, layer: str = "res5") -> dict[str, float]:
+    """The paper's Figure 4: where each backbone's last-stage features are strong. Per image (a row):
+    the image with its ground-truth boxes, then per backbone the channel-wise L2 norm of its
+    `layer` map, upsampled to the image and overlaid (scaled per image). Returns, per backbone, the
+    share of the activation mass inside the boxes (averaged over the images), and under
+    `box_area` the share of the image the boxes cover, which a map blind to objects would get.
+    `images` are uint8 HxWx3 arrays, `boxes` xywh pixel boxes per image."""
+    if not images or len(images) != len(boxes):
+        raise ValueError(f"need one box array per image, got {len(images)} images and {len(boxes)} box arrays")
+    if not backbones:
+        raise ValueError("no backbones to draw activation maps of")
+    maps = {name: [_norm_map(model, image, layer) for image in images] for name, model in backbones.items()}
+    inside = [_box_mask(image.shape[:2], b) for image, b in zip(images, boxes)]
+    shares = {name: float(np.mean([(m * mask).sum() / m.sum() for m, mask in zip(found, inside)]))
+              for name, found in maps.items()}
+    shares["box_area"] = float(np.mean([mask.mean() for mask in inside]))
+    cols = 1 + len(backbones)
+    fig = Figure(figsize=(2.0 * cols, 2.05 * len(images) + 0.4))
+    axes = fig.subplots(len(images), cols, squeeze=False)
+    for row, (ax_row, image, image_boxes) in enumerate(zip(axes, images, boxes)):
+        ax_row[0].imshow(image)
+        for x, y, w, h in image_boxes.tolist():
+            ax_row[0].add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="w", linewidth=1))
+        for ax, name in zip(ax_row[1:], backbones):
+            m = maps[name][row]
+            ax.imshow(image)
+            ax.imshow((m - m.min()) / max(float(m.max() - m.min()), 1e-12), cmap="jet", alpha=0.5)
+        for ax in ax_row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_title("image, object boxes", fontsize=7)
+    for ax, name in zip(axes[0][1:], backbones):
+        ax.set_title(f"{name}: {layer} norm\n{100 * shares[name]:.0f}% inside boxes", fontsize=7)
+    fig.suptitle(f"Activation mass inside object boxes (boxes cover {100 * shares['box_area']:.0f}% of the image)",
+                 fontsize=8)
+    fig.tight_layout()
+    atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return shares
+
+
+@torch.no_grad()
+def _norm_map(model: torch.nn.Module, image: np.ndarray, layer: str) -> np.ndarray:
+    """The channel-wise L2 norm of `layer` for one image (ImageNet-normalised, eval mode),
+    bilinearly upsampled to the image's size."""
+    x = torch.tensor(image).permute(2, 0, 1)[None].float() / 255
+    x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    model.eval()
+    feature = model.taps(x, {layer})[layer].norm(dim=1, keepdim=True)
+    return torch.nn.functional.interpolate(feature, size=image.shape[:2], mode="bilinear",
+                                           align_corners=False)[0, 0].numpy()
+
+
+def _box_mask(size: tuple[int, int], boxes: np.ndarray) -> np.ndarray:
+    mask = np.zeros(size, np.float64)
+    for x, y, w, h in np.round(boxes).astype(int).tolist():
+        mask[max(y, 0):y + h, max(x, 0):x + w] = 1
+    return mask

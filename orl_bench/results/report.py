@@ -1,21 +1,27 @@
 """Tables from result records, with the paper's number beside each row where one exists.
 
-Records are grouped by (task, metric, layer, k, method, recipe, epochs, setup, dataset, variant), the
-setup being the pretraining config without its seed (so a `--set` override is its own row); seeds
-are aggregated as mean, std and count. A task's chance-level row comes first, the floor its
-methods are read against. Markdown for people, CSV for tools.
+Two views of the same records:
+- `at_a_glance` (the default of `orl-bench report`): one line per method setting and task cell
+  (task, metric, k, dataset), at each artifact's best layer, beside the cell's chance level, the
+  random-init value of the same recipe and the paper's number; narrow enough for a terminal.
+- `summarize` (`--full`): every grouping key. Records are grouped by (task, metric, layer, k,
+  method, recipe, epochs, setup, dataset, variant), the setup being the pretraining config without
+  its seed (so a `--set` override is its own row). A task's chance-level row comes first.
+Seeds are aggregated as mean, std and count in both. Markdown for people, CSV for tools; the
+formatting is pandas'.
 """
 from __future__ import annotations
 
-import csv
-import io
 import statistics
 from typing import Any
+
+import pandas as pd
 
 from orl_bench.results.paper import PaperReference
 from orl_bench.results.records import CHANCE
 
 GROUP_KEYS = ("task", "metric", "layer", "k", "method", "recipe", "epochs", "setup_hash", "dataset", "variant")
+CELL_KEYS = ("task", "metric", "k", "dataset")  # what a value is compared within: chance and random are per cell
 
 
 def _variant(record: dict[str, Any]) -> str:
@@ -55,23 +61,84 @@ def summarize(records: list[dict[str, Any]], paper: PaperReference) -> list[dict
     return rows
 
 
+def best_per_artifact(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per (method, artifact, seed): the one marked best, else the highest value (over layers).
+    Give it the records of one task cell and one benchmark config."""
+    by_artifact: dict[Any, list[dict[str, Any]]] = {}
+    for r in records:
+        by_artifact.setdefault((r["method"], r.get("artifact_sha256"), r.get("seed")), []).append(r)
+    return [next((r for r in rows if r.get("best")), max(rows, key=lambda r: r["value"]))
+            for rows in by_artifact.values()]
+
+
+def _k(k: Any) -> int | None:
+    return None if k is None or pd.isna(k) else int(k)  # pandas holds a missing k as NaN, never equal to itself
+
+
+def at_a_glance(records: list[dict[str, Any]], paper: PaperReference) -> pd.DataFrame:
+    """One line per (task cell, method setting): `value` (mean ± std over seeds at each
+    artifact's best layer), `n`, and beside it the cell's `chance`, the `random` init of the same
+    recipe and the `paper`'s number. Chance records are levels, not lines."""
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        cells.setdefault(tuple(r.get(k) for k in (*CELL_KEYS, "task_config_hash")), []).append(r)
+    best = [{**r, "layer": None} for found in cells.values() for r in best_per_artifact(found)]
+    rows = pd.DataFrame(summarize(best, paper))
+    if rows.empty:
+        return rows
+    # a task's chance level is one per dataset, whatever the k (low-shot) or the neighbours (kNN)
+    chance = {(r.task, r.metric, r.dataset): r.mean for r in rows[rows["method"] == CHANCE].itertuples()}
+    random = {(r.task, r.metric, _k(r.k), r.dataset, r.recipe): r.mean
+              for r in rows[rows["method"] == "random"].itertuples()}
+    lines = rows[rows["method"] != CHANCE].reset_index(drop=True)
+    lines["chance"] = [chance.get((r.task, r.metric, r.dataset)) for r in lines.itertuples()]
+    lines["random"] = [random.get((r.task, r.metric, _k(r.k), r.dataset, r.recipe)) for r in lines.itertuples()]
+    return lines
+
+
+def _number(x: Any, digits: int = 2) -> str:
+    return "-" if x is None or pd.isna(x) else f"{x:.{digits}f}"
+
+
+def _text(x: Any) -> str:
+    return "-" if x is None or (not isinstance(x, str) and pd.isna(x)) or x == "" else str(x)
+
+
+def glance_markdown(lines: pd.DataFrame) -> str:
+    """Per task cell a small table: method | recipe | value | n | chance | random | paper."""
+    blocks = []
+    for (task, metric, k, dataset), part in lines.groupby(list(CELL_KEYS), sort=False, dropna=False):
+        # the floor first, the ceiling last: random, the methods, supervised
+        part = part.sort_values("method", key=lambda m: (m != "random").astype(int) + (m == "supervised"), kind="stable")
+        # the recipe names a setting; a `--set` override of the same recipe shows its setup hash
+        again = part.duplicated(["method", "recipe", "epochs"], keep=False)
+        shown = pd.DataFrame({
+            "method": [m + (f" [{h[:8]}]" if twice else "") for m, h, twice in
+                       zip(part["method"], part["setup_hash"].fillna("-"), again)],
+            "recipe": [f"{r}, {int(e)} ep" if not pd.isna(e) else str(r) for r, e in zip(part["recipe"], part["epochs"])],
+            "value": [f"{m:.2f} ± {s:.2f}" for m, s in zip(part["mean"], part["std"])],
+            "n": part["n"].astype(int),
+            "chance": part["chance"].map(_number), "random": part["random"].map(_number),
+            "paper": part["paper"].map(lambda p: _number(p, 1))})
+        title = f"{task} · {metric}" + ("" if k is None or pd.isna(k) else f" · k={int(k)}") + f" · {dataset}"
+        table = shown.to_markdown(index=False, disable_numparse=True, colalign=("left",) * 2 + ("right",) * 5)
+        blocks.append(f"{title}\n\n{table}\n")
+    return "\n".join(blocks)
+
+
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    header = ["task", "metric", "layer", "k", "method", "recipe", "epochs", "setup", "dataset", "variant",
-              "ours (mean ± std)", "n", "paper (COCO, R50)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        paper = "-" if r["paper"] is None else f"{r['paper']:.1f}"
-        cells = [r["task"], r["metric"], r["layer"] or "-", r["k"] if r["k"] is not None else "-", r["method"],
-                 r["recipe"], "-" if r["epochs"] is None else r["epochs"], (r["setup_hash"] or "-")[:8], r["dataset"], r["variant"] or "-", f"{r['mean']:.2f} ± {r['std']:.2f}", r["n"], paper]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    frame = pd.DataFrame(rows, columns=[*GROUP_KEYS, "mean", "std", "n", "paper"])
+    shown = pd.DataFrame({
+        "task": frame["task"], "metric": frame["metric"], "layer": frame["layer"].map(_text),
+        "k": frame["k"].map(lambda k: _number(k, 0)), "method": frame["method"], "recipe": frame["recipe"].map(_text),
+        "epochs": frame["epochs"].map(lambda e: _number(e, 0)), "setup": frame["setup_hash"].map(lambda s: _text(s)[:8]),
+        "dataset": frame["dataset"], "variant": frame["variant"].map(_text),
+        "ours (mean ± std)": [f"{m:.2f} ± {s:.2f}" for m, s in zip(frame["mean"], frame["std"])],
+        "n": frame["n"].astype(str), "paper (COCO, R50)": frame["paper"].map(lambda p: _number(p, 1))})
+    return shown.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    fields = list(GROUP_KEYS) + ["mean", "std", "n", "seeds", "paper"]
-    writer = csv.DictWriter(out, fieldnames=fields)
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({**r, "seeds": " ".join(map(str, r["seeds"]))})
-    return out.getvalue()
+    frame = pd.DataFrame(rows, columns=[*GROUP_KEYS, "mean", "std", "n", "seeds", "paper"])
+    frame["seeds"] = frame["seeds"].map(lambda s: " ".join(map(str, s)))
+    return frame.to_csv(index=False)

@@ -26,16 +26,19 @@ from typing import Any
 import pandas as pd
 
 from orl_bench import pipeline
-from orl_bench.config import ConfigError, config_hash
-from orl_bench.engine.checkpoint import RUN_INFO
+from orl_bench.config import ConfigError, PretrainConfig, config_hash
+from orl_bench.data.sources import CONTENT_KEYED_SOURCES
+from orl_bench.engine.checkpoint import MANIFEST, is_complete, read_manifest, read_run_info
 from orl_bench.engine.distributed import DistInfo
 from orl_bench.io import atomic_write_text
 from orl_bench.registry import METHODS, TASKS
 from orl_bench.results.paper import PaperReference, PaperTable
 from orl_bench.results.records import CHANCE
+from orl_bench.results.report import best_per_artifact
 
 TABLES = {"1": ("table1",), "2": ("table2",), "3": ("table3",), "4": ("table4",),
           "5": ("table5a", "table5b", "table5c", "table5d", "table5e")}
+NOT_MEASURED = "not measured by this scale's benchmark recipe (e.g. a k its data cannot supply)"
 PAPER_EPOCHS = 800  # the paper's default schedule, which a scale's own epochs stand for
 # --data NAME=PATH: the pretraining data, or the tasks that read the dataset
 DATA_SOURCES = {"coco": ("pretrain", "coco"), "coco_plus": ("pretrain", "coco_plus"),
@@ -111,15 +114,6 @@ def task_recipe_hash(task: str, recipe: str, task_data: dict[str, list[str]]) ->
     return config_hash(pipeline.load_task_config(task, pipeline.benchmark_recipe(recipe), task_data.get(task, [])))
 
 
-def best_per_artifact(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per artifact: the one marked best, else the highest value (over layers)."""
-    by_artifact: dict[Any, list[dict[str, Any]]] = {}
-    for r in records:
-        by_artifact.setdefault((r.get("artifact_sha256"), r.get("seed")), []).append(r)
-    return [next((r for r in rows if r.get("best")), max(rows, key=lambda r: r["value"]))
-            for rows in by_artifact.values()]
-
-
 def fill(table: PaperTable, rows: list[RowPlan], records: list[dict[str, Any]], seeds: int,
          task_hash: dict[tuple[str, str], str]) -> pd.DataFrame:
     """One line per (row, column): ours (mean, std, n), the paper's number, the delta, and why a
@@ -134,6 +128,8 @@ def fill(table: PaperTable, rows: list[RowPlan], records: list[dict[str, Any]], 
                 and r.get("seed") in range(seeds) and r.get("task_config_hash") == task_hash.get((c.task, row.recipe))])
     datasets = {(c.task, r["dataset"]) for (_, key), found in chosen.items() for c in table.columns if c.key == key
                 for r in found}
+    measured = {(label, c.task) for (label, key), found in chosen.items() for c in table.columns
+                if c.key == key and found}
     lines = []
     for row in rows:
         for c in table.columns:
@@ -149,9 +145,15 @@ def fill(table: PaperTable, rows: list[RowPlan], records: list[dict[str, Any]], 
                           "std": statistics.stdev(values) if len(values) > 1 else (0.0 if values else None),
                           "n": len(values), "seeds": seeds, "paper": paper,
                           "delta": None if mean is None or paper is None else mean - paper,
-                          "status": row.missing or ("ok" if values else "not run"),
+                          # a column the row's runs of this task left out (a k the benchmark recipe skips)
+                          "status": row.missing or ("ok" if values else NOT_MEASURED if (row.label, c.task)
+                                                    in measured else "not run"),
                           "datasets": sorted({r["dataset"] for r in best}),
                           "artifacts": sorted({r["artifact_sha256"][:12] for r in best if r.get("artifact_sha256")}),
+                          # the folders by seed, for the figures (logs, backbones, correspondences)
+                          "artifact_dirs": [r["artifact"] for r in sorted(best, key=lambda r: r["seed"])
+                                            if r.get("artifact")],
+                          "epochs": next((r["epochs"] for r in best if r.get("epochs") is not None), None),
                           "layers": sorted({str(r["layer"]) for r in best if r.get("layer")})})
     return pd.DataFrame(lines)
 
@@ -200,8 +202,11 @@ def build(rows: list[RowPlan], tasks: list[str], seeds: int, workdir: Path, pre_
         for seed in range(seeds if row.recipe else 0):
             todo = [t for t in tasks if not _stored(records, row, seed, t, task_recipe_hash(t, row.recipe, task_data))]
             if todo and dry_run:
-                say(f"would build: {row.method} [{row.recipe}] seed {seed}: pretrain (or reuse its artifact), "
-                    f"then evaluate {', '.join(todo)}; {estimate(workdir, records, row, todo)}")
+                stored = stored_artifact(pipeline.load_pretrain_config(row.method, row.recipe,
+                                                                       [*pre_data, f"train.seed={seed}"]), workdir)
+                say(f"would build: {row.method} [{row.recipe}] seed {seed}: "
+                    + (f"reuse {stored.name}" if stored else "pretrain (or reuse its artifact)")
+                    + f", then evaluate {', '.join(todo)}; {estimate(workdir, records, row, todo, stored is None)}")
             elif todo:
                 overrides = [*pre_data, f"train.seed={seed}"]
                 cfg = pipeline.load_pretrain_config(row.method, row.recipe, overrides)
@@ -221,16 +226,23 @@ def build(rows: list[RowPlan], tasks: list[str], seeds: int, workdir: Path, pre_
     return built
 
 
-def estimate(workdir: Path, records: list[dict[str, Any]], row: RowPlan, tasks: list[str]) -> str:
+def stored_artifact(cfg: PretrainConfig, workdir: Path) -> Path | None:
+    """The complete artifact a single-stage run of `cfg` would reuse. None when there is none, or
+    when it cannot be known without building: a multi-stage method's key holds its earlier stages'
+    outputs, a folder source's its images."""
+    if pipeline.is_multistage(cfg) or cfg.data.source in CONTENT_KEYED_SOURCES:
+        return None
+    folder = pipeline.artifact_dir(workdir, cfg)
+    return folder if is_complete(folder) else None
+
+
+def estimate(workdir: Path, records: list[dict[str, Any]], row: RowPlan, tasks: list[str],
+             pretraining: bool = True) -> str:
     """A cost estimate from this work directory's history: the median wall time of earlier
-    pretraining runs of the same method and recipe (a multi-stage method's last stage only), and
-    of earlier evaluations of the same benchmark recipe (any method); `unknown` where there is none."""
-    trained = []
-    for manifest in (Path(workdir) / "artifacts").glob(f"{row.method}-*/manifest.json"):
-        run = manifest.with_name(RUN_INFO)
-        if run.is_file() and json.loads(manifest.read_text()).get("recipe") == row.recipe:
-            trained.append(json.loads(run.read_text()).get("train_wall_s_this_run", 0))
-    parts = [f"pretraining ~{statistics.median(trained):.0f} s" if trained else "pretraining time unknown"]
+    pretraining runs of the same method and recipe (a multi-stage method's last stage only;
+    none if `pretraining` is false), and of earlier evaluations of the same benchmark recipe (any
+    method); `unknown` where there is none."""
+    parts = [] if not pretraining else [_pretraining_estimate(workdir, row)]
     for task in tasks:
         runs = [r["wall_time_s"] for r in _one_per_run(records) if r["task"] == task
                 and r.get("recipe") and pipeline.benchmark_recipe(r["recipe"]) == pipeline.benchmark_recipe(row.recipe)]
@@ -238,10 +250,36 @@ def estimate(workdir: Path, records: list[dict[str, Any]], row: RowPlan, tasks: 
     return "estimated " + ", ".join(parts)
 
 
+def _pretraining_estimate(workdir: Path, row: RowPlan) -> str:
+    trained = [pretraining_seconds(manifest.parent)
+               for manifest in (Path(workdir) / "artifacts").glob(f"{row.method}-*/{MANIFEST}")
+               if json.loads(manifest.read_text()).get("recipe") == row.recipe]
+    return f"pretraining ~{statistics.median(trained):.0f} s" if trained else "pretraining time unknown"
+
+
+def pretraining_seconds(folder: Path) -> float:
+    """The wall time an artifact's build spent: its training (or last stage), plus the earlier
+    stages built in the same run (their top-level `*_s` durations; a reused stage counts 0)."""
+    info = read_run_info(folder) or read_manifest(folder)  # artifacts made before run.json kept it in the manifest
+    stages = info.get("stages", {})
+    earlier = [v for entry in (stages, *(e for e in stages.values() if isinstance(e, dict)))
+               for k, v in entry.items() if k.endswith("_s") and isinstance(v, (int, float))]
+    return float(info.get("train_wall_s_this_run", 0)) + sum(earlier)
+
+
+def artifact_folder(recorded: str, workdir: Path) -> Path:
+    """An artifact folder named in a record, or the same folder under this work directory (records
+    keep the path they were written with; a work directory can move)."""
+    path = Path(recorded)
+    return path if path.is_dir() else Path(workdir) / "artifacts" / path.name
+
+
 def provenance(parts: list[tuple[PaperTable, pd.DataFrame]], records: list[dict[str, Any]], scale: str, seeds: int,
-               data: dict[str, str], seconds: float) -> str:
+               data: dict[str, str], seconds: float, workdir: Path) -> str:
     """Where a table's numbers come from, as Markdown bullets."""
     frame = pd.concat([f for _, f in parts])
+    folders = {artifact_folder(d, workdir) for found in frame["artifact_dirs"] for d in found}
+    trained = sum(pretraining_seconds(f) for f in folders if is_complete(f))
     artifacts = sorted({a for found in frame["artifacts"] for a in found})
     tasks = {c.task for table, _ in parts for c in table.columns}
     used = [r for r in records if r["task"] in tasks and r.get("artifact_sha256")
@@ -254,7 +292,8 @@ def provenance(parts: list[tuple[PaperTable, pd.DataFrame]], records: list[dict[
              f"- artifacts (sha256, first 12): {', '.join(artifacts) or 'none'}",
              f"- protocols: {'; '.join(protocols) or '-'}" + (f"; SVM solver {', '.join(solvers)}" if solvers else ""),
              f"- devices: {', '.join(sorted({str(r.get('device')) for r in used})) or '-'}",
-             f"- evaluation time in the records: {sum(r.get('wall_time_s', 0) for r in _one_per_run(used)):.0f} s; "
+             f"- time: pretraining {trained:.0f} s (the artifacts' own builds), evaluation "
+             f"{sum(r.get('wall_time_s', 0) for r in _one_per_run(used)):.0f} s (the records); "
              f"this command: {seconds:.0f} s; written {time.strftime('%Y-%m-%d %H:%M %Z')}"]
     return "\n".join(lines) + "\n"
 
@@ -273,6 +312,7 @@ def write_table(number: str, parts: list[tuple[PaperTable, pd.DataFrame]], out: 
         md += [f"### {table.title}\n", wide.to_markdown(), "\n"]
         missing = frame[frame["status"].str.startswith(("not implemented", "dataset", "no "))]
         md += [f"- {row}: {why}" for row, why in dict(zip(missing["row"], missing["status"])).items()]
+        md += [f"- {column}: {NOT_MEASURED}" for column in dict.fromkeys(frame[frame["status"] == NOT_MEASURED]["column"])]
         md.append("")
         tex.append(wide.to_latex(caption=table.title, label=table.name, escape=True))
     md += ["Each cell: ours, mean ± std over seeds (paper's number, ours - paper); `-`: not run or missing.\n",

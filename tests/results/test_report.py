@@ -4,7 +4,7 @@ import pytest
 
 from orl_bench.results.paper import load_reference
 from orl_bench.results.records import append_records, load_records, records_path
-from orl_bench.results.report import summarize, to_csv, to_markdown
+from orl_bench.results.report import at_a_glance, glance_markdown, summarize, to_csv, to_markdown
 
 
 def record(value, seed, method="byol", **extra):
@@ -39,8 +39,9 @@ def test_seeds_of_one_setup_are_averaged_but_other_setups_and_epochs_are_not():
                       record(40.0, 0, setup_hash="c", epochs=16)], load_reference())
     assert sorted((r["setup_hash"], r["n"], r["mean"]) for r in rows) == [("a", 2, 31.0), ("b", 1, 20.0),
                                                                           ("c", 1, 40.0)]
-    table = to_markdown(rows)
-    assert "| 16 | c |" in table and "| 8 | b |" in table
+    table = [[cell.strip() for cell in line.split("|")[1:-1]] for line in to_markdown(rows).splitlines()[2:]]
+    assert [(line[6], line[7], line[10]) for line in table] == [("8", "a", "31.00 ± 1.41"), ("8", "b", "20.00 ± 0.00"),
+                                                               ("16", "c", "40.00 ± 0.00")]
 
 
 def test_bar_chart_draws_one_bar_per_method_row_at_the_layer_and_skips_chance(tmp_path):
@@ -92,11 +93,33 @@ def test_low_shot_curves_draw_one_line_per_method_setting_over_k(tmp_path):
         low_shot_curves(summarize([record(30.0, 0)], load_reference()), tmp_path / "none.png")
 
 
+def test_at_a_glance_puts_each_method_at_its_best_layer_beside_chance_random_and_paper():
+    records = [record(30.0, 0), record(36.0, 0, layer="res4"), record(32.0, 1, artifact_sha256="t"),  # byol
+               record(20.0, 0, "random", epochs=0), record(22.0, 0, "random", recipe="tiny", epochs=0, artifact_sha256="u"),
+               record(13.0, None, "chance", layer=None, artifact_sha256=None),
+               record(40.0, 0, "supervised"),
+               {**record(25.0, 0), "task": "voc07_lowshot", "k": 4},  # chance is the data's, whatever the k
+               {**record(11.0, None, "chance", layer=None, artifact_sha256=None), "task": "voc07_lowshot"}]
+    lines = at_a_glance(records, load_reference()).set_index(["task", "method"])
+    byol = lines.loc[("voc07_svm", "byol")]
+    assert (byol["mean"], byol["n"], byol["chance"], byol["random"], byol["paper"]) == (34.0, 2, 13.0, 20.0, 84.5)
+    assert lines.loc[("voc07_lowshot", "byol"), "chance"] == 11.0
+    assert ("voc07_svm", "chance") not in lines.index  # a level beside the lines, not a line
+    text = glance_markdown(at_a_glance(records, load_reference()))
+    block = text.split("voc07_svm · mAP · synth")[1].splitlines()
+    assert [line.split("|")[1].strip() for line in block[4:]] == ["random"] * 2 + ["byol", "supervised"]  # floor first
+    assert [c.strip() for c in block[6].split("|")[1:-1]] == ["byol", "default", "34.00 ± 2.83", "2", "13.00",
+                                                               "20.00", "84.5"]
+    assert max(map(len, text.splitlines())) <= 100  # fits a terminal
+
+
 def test_report_reads_record_files_and_names_a_missing_one(tmp_path, capsys):
     from orl_bench.cli import main
     append_records(tmp_path, [record(30.0, 0, epochs=8), record(20.0, 0, "random", epochs=0)])
     assert main(["report", "--records", str(records_path(tmp_path)), "--curves", str(tmp_path / "c.png")]) == 0
     assert "30.00 ± 0.00" in capsys.readouterr().out and (tmp_path / "c.png").is_file()
+    assert main(["report", "--records", str(records_path(tmp_path)), "--full", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.startswith("task,metric,layer,k,method")
     assert main(["report", "--records", str(tmp_path / "nope.jsonl")]) == 2
     assert "no such file" in capsys.readouterr().err
     (tmp_path / "broken.jsonl").write_text('{"task": "voc07_svm"\n')

@@ -83,14 +83,20 @@ def test_unknown_data_names_are_an_error_listing_the_known():
 
 @pytest.mark.slow
 def test_table_all_at_tiny_writes_every_table_and_a_second_run_builds_nothing(capsys, workdir, tmp_path):
-    out = tmp_path / "tables"
-    first = run_main(capsys, "table", "all", "--recipe", "tiny", "--workdir", str(workdir), "--out", str(out))
+    out, drawn = tmp_path / "tables", tmp_path / "figures"
+    args = ("table", "all", "--recipe", "tiny", "--workdir", str(workdir), "--out", str(out), "--figures", str(drawn))
+    first = run_main(capsys, *args)
     assert "built: 0 pretraining" not in first
     for n in "12345":
         for suffix in ("md", "csv", "tex"):
             assert (out / f"table{n}.{suffix}").is_file()
     assert "Table 5(e)" in (out / "table5.md").read_text() and "#### Provenance" in (out / "table1.md").read_text()
-    second = run_main(capsys, "table", "all", "--recipe", "tiny", "--workdir", str(workdir), "--out", str(out))
+    said = {line.split(": ")[0].removeprefix("figure "): line for line in first.splitlines() if line.startswith("figure ")}
+    names = ("table1_loss_curves", "figure3_pairs", "figure4_activations", "table2_lowshot", "table5e_schedule")
+    assert sorted(said) == sorted(str(drawn / f"{name}.png") for name in names)
+    assert not any("skipped" in line for line in said.values()), said
+    assert all((drawn / f"{name}.png").read_bytes()[:4] == b"\x89PNG" for name in names)
+    second = run_main(capsys, *args)
     assert "built: 0 pretraining run(s), 0 evaluation(s)" in second
     more_seeds = run_main(capsys, "table", "2", "--recipe", "tiny", "--seeds", "2", "--dry-run", "--workdir", str(workdir))
     assert "would build: byol [tiny] seed 1: pretrain (or reuse its artifact), then evaluate voc07_lowshot; " \
@@ -102,3 +108,28 @@ def test_table_needs_at_least_one_seed(capsys, workdir):
     assert main(["table", "1", "--seeds", "0", "--workdir", str(workdir)]) == 2
     assert "--seeds is the number of pretraining seeds per row (0..N-1); expected >= 1, got 0" in capsys.readouterr().err
     assert not (workdir / "artifacts").exists()
+
+
+def test_dry_run_names_the_artifact_a_single_stage_row_would_reuse(capsys, workdir):
+    run_main(capsys, "pretrain", "--method", "random", "--recipe", "tiny", "--workdir", str(workdir))
+    cfg = tables.pipeline.load_pretrain_config("random", "tiny", ["train.seed=0"])
+    assert tables.stored_artifact(cfg, workdir) == next((workdir / "artifacts").glob("random-*"))
+    assert tables.stored_artifact(tables.pipeline.load_pretrain_config("random", "tiny", ["train.seed=1"]), workdir) is None
+    # a multi-stage method's key holds its earlier stages' outputs: unknown until they are built
+    assert tables.stored_artifact(tables.pipeline.load_pretrain_config("orl", "tiny", []), workdir) is None
+    said = run_main(capsys, "table", "2", "--recipe", "tiny", "--seeds", "2", "--dry-run", "--workdir", str(workdir))
+    assert "would build: random [tiny] seed 0: reuse random-" in said
+    assert "would build: random [tiny] seed 1: pretrain (or reuse its artifact), then evaluate" in said
+
+
+def test_pretraining_time_counts_the_stages_built_in_the_same_run(tmp_path):
+    import json
+    new, old = tmp_path / "orl-new", tmp_path / "byol-old"
+    for folder in (new, old):
+        folder.mkdir()
+    (new / "manifest.json").write_text("{}")
+    (new / "run.json").write_text(json.dumps({"train_wall_s_this_run": 10.0, "stages": {
+        "stage1": {"data_s": 1.0, "pretrain_s": 5.0, "pretrain_reused": False},
+        "stage2_s": 3.0, "stage2_steps_s": {"proposals": 2.0}}}))  # a breakdown of stage2_s, not counted again
+    (old / "manifest.json").write_text(json.dumps({"train_wall_s_this_run": 7.5}))  # before run.json existed
+    assert tables.pretraining_seconds(new) == 19.0 and tables.pretraining_seconds(old) == 7.5
