@@ -118,7 +118,11 @@ def fill(table: PaperTable, rows: list[RowPlan], records: list[dict[str, Any]], 
          task_hash: dict[tuple[str, str], str]) -> pd.DataFrame:
     """One line per (row, column): ours (mean, std, n), the paper's number, the delta, and why a
     cell is empty. `task_hash[(task, recipe)]` is the hash of the benchmark config to read. The
-    chance row reads the chance records of the datasets the other rows were measured on."""
+    chance row reads the chance records of the datasets the other rows were measured on. A
+    column's metric is also read from the records that carry it as a field beside their own
+    (classification records hold `top5` beside their top-1 `value`)."""
+    records = [*records, *({**r, "metric": m, "value": r[m]} for m in {c.metric for c in table.columns}
+                           for r in records if r["metric"] != m and isinstance(r.get(m), (int, float)))]
     chosen: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         for c in table.columns:

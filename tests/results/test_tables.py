@@ -133,3 +133,13 @@ def test_pretraining_time_counts_the_stages_built_in_the_same_run(tmp_path):
         "stage2_s": 3.0, "stage2_steps_s": {"proposals": 2.0}}}))  # a breakdown of stage2_s, not counted again
     (old / "manifest.json").write_text(json.dumps({"train_wall_s_this_run": 7.5}))  # before run.json existed
     assert tables.pretraining_seconds(new) == 19.0 and tables.pretraining_seconds(old) == 7.5
+
+
+def test_a_metric_carried_as_a_field_fills_its_own_column(ref):
+    table = ref.table("table3")
+    rows = [r for r in tables.plan_rows(table, "default", ref, []) if r.method in ("chance", "byol")]
+    records = [record("byol", 30.0, task=task, metric="top1", layer=None, top5=60.0)
+               for task in ("semi_imagenet_1pct", "semi_imagenet_10pct")]
+    frame = tables.fill(table, rows, records, seeds=1, task_hash={(c.task, "default"): "h" for c in table.columns})
+    cells = frame[frame["row"] == "BYOL (COCO)"].set_index(["task", "metric"])["mean"]
+    assert cells[("semi_imagenet_1pct", "top1")] == 30.0 and cells[("semi_imagenet_1pct", "top5")] == 60.0
