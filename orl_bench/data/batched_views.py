@@ -3,6 +3,7 @@
 The loader worker only decodes each image to a uint8 CHW tensor and draws every view's random
 parameters (`draw_view_params`, cheap); `BatchedViews` then crops, resizes, flips, colour-jitters,
 grays, blurs, solarizes and normalises the whole batch at once with per-sample parameters.
+`draw_patch_params` describes a patch cut from a given box (ORL's RoI patches) in the same columns.
 
 `draw_view_params` consumes torch's global RNG exactly as the PIL path does (same draws in the
 same order, skipped where the PIL path skips them), so under `seeded_call` it yields the very
@@ -56,13 +57,10 @@ def _jitter_ranges(color_jitter: tuple[float, float, float, float]) -> tuple[tup
     return jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue
 
 
-def draw_view_params(p: ViewParams, which: int, height: int, width: int) -> torch.Tensor:
-    """The random parameters of view `which` (1 or 2) of a `height` x `width` image: one float64
-    row with the columns of PARAM_FIELDS, drawn from torch's global RNG in the PIL path's order."""
+def _draw_photometric(p: ViewParams, which: int) -> list[float]:
+    """The columns after the crop, drawn as `views.photometric` draws them for view `which`."""
     if which not in (1, 2):
         raise ValueError(f"view `which` must be 1 or 2, got {which}")
-    # get_params reads only the image size; an empty stand-in avoids allocating the image.
-    crop = RandomResizedCrop.get_params(torch.empty(0, height, width), list(p.scale), list(p.ratio))
     flip = _coin(p.hflip_p)
     jitter = _coin(p.color_jitter_p)
     factors, order = _NEUTRAL_JITTER, _IDENTITY_ORDER  # a skipped jitter draws nothing more
@@ -74,8 +72,33 @@ def draw_view_params(p: ViewParams, which: int, height: int, width: int) -> torc
     blur = _coin(p.blur_p[which - 1])
     sigma = torch.empty(1).uniform_(*p.blur_sigma).item() if blur else 0.0  # as views.GaussianBlur
     solarize = _coin(p.solarize_p[which - 1])
-    # The columns of PARAM_FIELDS, in order.
-    return torch.tensor([*crop, flip, jitter, *factors, *order, gray, blur, sigma, solarize], dtype=torch.float64)
+    return [flip, jitter, *factors, *order, gray, blur, sigma, solarize]
+
+
+def draw_view_params(p: ViewParams, which: int, height: int, width: int) -> torch.Tensor:
+    """The random parameters of view `which` (1 or 2) of a `height` x `width` image: one float64
+    row with the columns of PARAM_FIELDS, drawn from torch's global RNG in the PIL path's order."""
+    # get_params reads only the image size; an empty stand-in avoids allocating the image.
+    crop = RandomResizedCrop.get_params(torch.empty(0, height, width), list(p.scale), list(p.ratio))
+    return torch.tensor([*crop, *_draw_photometric(p, which)], dtype=torch.float64)
+
+
+def pixel_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[int, int, int, int]:
+    """The whole pixels (left, top, right, bottom) that a float (x, y, w, h) box crops from a
+    `width` x `height` image: rounded, clipped to the image, at least 1 px a side."""
+    x, y, w, h = box
+    left, top = min(max(round(x), 0), width - 1), min(max(round(y), 0), height - 1)
+    right, bottom = min(max(round(x + w), left + 1), width), min(max(round(y + h), top + 1), height)
+    return left, top, right, bottom
+
+
+def draw_patch_params(p: ViewParams, which: int, box: tuple[float, float, float, float], width: int,
+                      height: int) -> torch.Tensor:
+    """The parameters of a patch of `box` (x, y, w, h) of a `width` x `height` image, resized and
+    then augmented with view `which`'s photometric chain (ORL's RoI patches): the row of
+    `draw_view_params` with the box's pixels (`pixel_box`) as its crop, which draws nothing."""
+    left, top, right, bottom = pixel_box(box, width, height)
+    return torch.tensor([top, left, bottom - top, right - left, *_draw_photometric(p, which)], dtype=torch.float64)
 
 
 def collate_padded(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +174,9 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor, half: int) -> torch.Tensor:
 
 class BatchedViews(torch.nn.Module):
     """uint8 images [B, 3, H, W] (padded by `collate_padded`) and parameter rows [B, len(PARAM_FIELDS)]
-    (from `draw_view_params`) -> normalised float32 views [B, 3, size, size], on the images' device.
+    (from `draw_view_params` or `draw_patch_params`) -> normalised float32 views [B, 3, size, size],
+    on the images' device; size is `p.size`. With `sources` [R], row r is a view of image sources[r]
+    (views of several images of the batch, or several views of one, in one call).
 
     Where it differs from torchvision's per-image ops:
     - crop + resize is roi_align with adaptive sampling: ceil(crop / size) bilinear samples per
@@ -159,7 +184,8 @@ class BatchedViews(torch.nn.Module):
       antialiased bilinear resize uses a triangle of the scale's width; the two agree exactly when
       the crop is not downscaled and closely otherwise.
     - the blur is a true Gaussian of the row's sigma with a kernel of 2 * ceil(3 * sigma_max) + 1
-      taps (sigma_max: the recipe's largest sigma, so a view never depends on its batch); the
+      taps (sigma_max: the recipe's largest sigma, so a view never depends on its batch; at most
+      the view's size, which for ORL's patches is the patch size as on the PIL path); the
       default PIL path (blur="pil") uses PIL's GaussianBlur(radius=sigma), which approximates that
       same Gaussian by repeated box filters, and blur="kernel" truncates it to a tenth of the view.
     """
@@ -170,13 +196,18 @@ class BatchedViews(torch.nn.Module):
         # A kernel no wider than the view keeps the reflect padding valid.
         self.blur_half = min(math.ceil(3 * p.blur_sigma[1]), (p.size - 1) // 2)
 
-    def forward(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, params: torch.Tensor, sources: torch.Tensor | None = None) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"BatchedViews expects a uint8 image batch [B, 3, H, W], got dtype "
                              f"{images.dtype} and shape {list(images.shape)}")
         if params.ndim != 2 or params.shape[1] != len(PARAM_FIELDS):
             raise ValueError(f"BatchedViews expects params [B, {len(PARAM_FIELDS)}] with the columns "
                              f"{PARAM_FIELDS}, got shape {list(params.shape)}")
+        if sources is not None:
+            if sources.shape != params.shape[:1]:
+                raise ValueError(f"BatchedViews expects one source image per params row: got sources of "
+                                 f"shape {list(sources.shape)} for {params.shape[0]} rows")
+            images = images[sources]
         if params.shape[0] != images.shape[0]:
             raise ValueError(f"BatchedViews expects one params row per image: got {params.shape[0]} rows "
                              f"for {images.shape[0]} images")
@@ -241,17 +272,31 @@ class BatchedViews(torch.nn.Module):
 class DecodedViews:
     """What the loader hands over for `train.augment: device`: decoded image(s) and each view's
     parameter row. A sample holds uint8 [3, h, w] and [views, P]; a batch (`collate`) the padded
-    uint8 [B, 3, H, W] and [B, views, P]."""
-    images: torch.Tensor
+    uint8 [B, 3, H, W] and [B, views, P].
+
+    A sample whose views read more than one image (ORL's inter patch, from a neighbour) holds a
+    tuple of images and `sources` [views], which of them each view reads; its batch holds all the
+    samples' images [N, 3, H, W] and `sources` [B, views] as indices into them."""
+    images: torch.Tensor | tuple[torch.Tensor, ...]
     params: torch.Tensor
+    sources: torch.Tensor | None = None  # None: every view reads the sample's one image
 
     @staticmethod
     def collate(samples: list[DecodedViews]) -> DecodedViews:
-        images, _ = collate_padded([s.images for s in samples])
-        return DecodedViews(images, torch.stack([s.params for s in samples]))
+        params = torch.stack([s.params for s in samples])
+        if samples[0].sources is None:
+            images, _ = collate_padded([s.images for s in samples])
+            return DecodedViews(images, params)
+        # A sample's k-th image lands after the images of the samples before it.
+        counts = torch.tensor([len(s.images) for s in samples])
+        offsets = counts.cumsum(0) - counts
+        images, _ = collate_padded([image for s in samples for image in s.images])
+        return DecodedViews(images, params, torch.stack([s.sources for s in samples]) + offsets[:, None])
 
     def to(self, device: torch.device) -> DecodedViews:
-        return DecodedViews(self.images.to(device, non_blocking=True), self.params.to(device, non_blocking=True))
+        sources = None if self.sources is None else self.sources.to(device, non_blocking=True)
+        return DecodedViews(self.images.to(device, non_blocking=True), self.params.to(device, non_blocking=True),
+                            sources)
 
 
 class DecodeAndDraw:
@@ -280,5 +325,5 @@ class DeviceViews(torch.nn.Module):
     def forward(self, batch: DecodedViews) -> list[torch.Tensor]:
         if batch.params.shape[1] != len(self.makers):
             raise ValueError(f"expected {len(self.makers)} views' parameters per image, got {batch.params.shape[1]}")
-        return [maker(batch.images, batch.params[:, k]).contiguous(memory_format=self.memory_format)
-                for k, maker in enumerate(self.makers)]
+        return [maker(batch.images, batch.params[:, k], None if batch.sources is None else batch.sources[:, k])
+                .contiguous(memory_format=self.memory_format) for k, maker in enumerate(self.makers)]

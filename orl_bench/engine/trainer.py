@@ -95,6 +95,11 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
         torch.use_deterministic_algorithms(True)
     method = build_method(cfg, info, inputs)
     dataset = method.make_dataset(image_paths)
+    if t.augment == "device" and getattr(method, "device_views", None) is None:
+        # a plugin's own make_dataset that does not build the device half would silently train on the loader's views
+        raise ConfigError(f"method '{cfg.method['name']}' made its dataset without the device views that "
+                          "train.augment=device asks for; its make_dataset must set `device_views` (see "
+                          "Method.make_dataset), or set train.augment=loader")
     sampler = EpochSampler(len(dataset), t.batch_size // info.world_size, t.seed, info.rank, info.world_size)
     loader = DataLoader(dataset, batch_size=sampler.batch_size, sampler=sampler, num_workers=t.num_workers,
                         collate_fn=collate_skipping_unreadable, pin_memory=info.device.type == "cuda",

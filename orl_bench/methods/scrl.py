@@ -117,6 +117,9 @@ class SCRL(BYOL):
 
     Params = SCRLParams
 
+    def view_specs(self) -> None:
+        return None  # its views carry the boxes they share: made by the loader only
+
     def view_transform(self) -> SCRLSample:
         return SCRLSample(self.params)
 

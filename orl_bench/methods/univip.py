@@ -205,6 +205,9 @@ class UniVIP(BYOL):
             barrier(ctx.info)
         return {"boxes": path}, {"boxes_s": round(time.perf_counter() - t0, 2), "boxes_reused": reused}
 
+    def view_specs(self) -> None:
+        return None  # its samples hold box crops of the scene: made by the loader only
+
     def make_dataset(self, paths: list[Path]) -> UniVIPDataset:
         if "boxes" not in self.inputs:
             raise ValueError("UniVIP needs the filtered proposals as the input 'boxes' (orl-bench run / "

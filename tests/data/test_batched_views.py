@@ -18,8 +18,8 @@ from scipy.stats import ks_2samp
 from torchvision.transforms import RandomResizedCrop, v2
 
 from orl_bench.data import views
-from orl_bench.data.batched_views import (PARAM_FIELDS, BatchedViews, collate_padded, draw_view_params,
-                                          shift_hue)
+from orl_bench.data.batched_views import (PARAM_FIELDS, BatchedViews, DecodedViews, collate_padded,
+                                          draw_view_params, shift_hue)
 from orl_bench.data.views import IMAGENET_MEAN, IMAGENET_STD, ViewParams, seeded_call, view_transform
 
 TF = v2.functional
@@ -366,6 +366,20 @@ def test_crops_never_read_the_padding():
     assert torch.equal(module(batch[indices], params), module(loud[indices], params))
 
 
+def test_views_read_their_source_image_and_collate_offsets_the_sources():
+    images = [smooth_images(1, 48, 64)[0], smooth_images(1, 30, 40, seed=1)[0], smooth_images(1, 20, 60, seed=2)[0]]
+    rows = torch.stack([seeded_call(4, key, lambda: draw_view_params(RECIPE, 1, 20, 40)) for key in range(5)])
+    batch, _ = collate_padded(images)
+    sources = torch.tensor([2, 0, 2, 1, 0])
+    module = BatchedViews(RECIPE)
+    assert torch.equal(module(batch, rows, sources), module(batch[sources], rows))
+    # A sample of one image and one of two: the second's sources index past the first's image.
+    collated = DecodedViews.collate([DecodedViews((images[0],), rows[:2], torch.tensor([0, 0])),
+                                     DecodedViews((images[1], images[2]), rows[2:4], torch.tensor([0, 1]))])
+    assert torch.equal(collated.images, batch) and collated.sources.tolist() == [[0, 0], [1, 2]]
+    assert torch.equal(collated.params, rows[:4].view(2, 2, -1))
+
+
 def test_draws_repeat_after_a_resume_and_differ_between_samples():
     def draw(key: int) -> torch.Tensor:
         return seeded_call(11, key, lambda: torch.stack([draw_view_params(RECIPE, 1, 48, 64),
@@ -398,6 +412,8 @@ def test_bad_input_says_what_was_expected():
         module(batch, params[:, :-1])
     with pytest.raises(ValueError, match="one params row per image: got 1 rows for 2 images"):
         module(batch, params[:1])
+    with pytest.raises(ValueError, match=r"one source image per params row: got sources of shape \[3\] for 2 rows"):
+        module(batch, params, torch.zeros(3, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"uint8 image batch \[B, 3, H, W\]"):
         module(batch.float(), params)
     with pytest.raises(ValueError, match=r"uint8 images of shape \[3, h, w\], got image 1"):

@@ -12,7 +12,10 @@ from orl_bench.data.pretrain_dataset import collate_skipping_unreadable
 from orl_bench.data.sources import pretrain_images
 from orl_bench.data.views import IMAGENET_STD
 from orl_bench.engine.distributed import DistInfo
-from orl_bench.engine.trainer import build_method
+from orl_bench.data.pretrain_dataset import ViewsDataset
+from orl_bench.engine.trainer import build_method, pretrain
+from orl_bench.methods.byol import BYOL
+from orl_bench.registry import METHODS
 
 
 @pytest.mark.parametrize("method", ["byol", "byol_multicrop"])
@@ -36,8 +39,27 @@ def test_device_path_batches_match_the_loader_path(workdir, method):
         assert ((made - reference).abs() * scale).mean() < 0.02
 
 
-def test_methods_whose_samples_need_more_than_the_image_refuse_the_device_path(workdir):
-    cfg = pipeline.load_pretrain_config("supervised", "tiny", ["train.augment=device"])
-    with pytest.raises(ConfigError, match="method 'supervised' makes its samples from more than the image.*"
+@pytest.mark.parametrize("name", ["supervised", "scrl", "univip"])
+def test_methods_whose_samples_need_more_than_the_image_refuse_the_device_path(workdir, name):
+    cfg = pipeline.load_pretrain_config(name, "tiny", ["train.augment=device"])
+    with pytest.raises(ConfigError, match=f"method '{name}' makes its samples from more than the image.*"
                                           "train.augment=loader"):
         build_method(cfg, DistInfo(0, 1, 0, torch.device("cpu")))
+
+
+class LoaderOnlyBYOL(BYOL):
+    """A plugin that keeps BYOL's view specs but builds its own dataset without the device half."""
+
+    def make_dataset(self, paths):
+        return ViewsDataset(paths, self.view_transform(), self.cfg.train.seed)
+
+
+def test_a_dataset_that_ignores_the_device_path_is_an_error_not_loader_views(workdir, tmp_path, monkeypatch):
+    METHODS.get("byol")  # the built-ins are loaded, so the stand-in replaces BYOL for this test only
+    monkeypatch.setitem(METHODS._entries, "byol", LoaderOnlyBYOL)
+    cfg = pipeline.load_pretrain_config("byol", "tiny", ["train.augment=device"])
+    paths = pretrain_images(cfg.data, workdir).paths
+    with pytest.raises(ConfigError, match="method 'byol' made its dataset without the device views that "
+                                          "train.augment=device asks for"):
+        pretrain(cfg, tmp_path / "artifact", paths, {}, DistInfo(0, 1, 0, torch.device("cpu")))
+    assert not (tmp_path / "artifact" / "manifest.json").exists()

@@ -1,8 +1,10 @@
 """kill -9 during pretraining, run the same command again: it resumes and ends with the same
 weights as an uninterrupted run (CPU, deterministic mode), and with the same method state
-(target network, MoCo's key queue); also with the views made on the device (train.augment)."""
+(target network, MoCo's key queue); also with the views made on the device (train.augment), for
+ORL's stage 3 too (its views and RoI patches)."""
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,18 +27,26 @@ def pretrain_cmd(workdir, method, augment):
 
 
 def artifact(workdir, method):
-    return next((workdir / "artifacts").glob(f"{method}-*"))
+    """The method's trained artifact (not ORL's stage-2 folder, also named orl-*)."""
+    return next((workdir / "artifacts").glob(f"{method}-*/config.yaml")).parent
 
 
-@pytest.mark.parametrize("method,augment", [("byol", "loader"), ("byol", "device"),
-                                            pytest.param("mocov2", "loader", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method,augment", [
+    ("byol", "loader"), ("byol", "device"),
+    pytest.param("mocov2", "loader", marks=pytest.mark.slow),
+    # Stage 1, stage 2 and 24 steps of stage 3: minutes on a busy CPU.
+    pytest.param("orl", "device", marks=[pytest.mark.slow, pytest.mark.timeout(1800)])])
 def test_killed_run_resumes_to_the_uninterrupted_result(workdir, tmp_path, method, augment):
     reference_home = tmp_path / "reference"
     reference_home.mkdir()
     (reference_home / "data").symlink_to(workdir / "data")
     done = subprocess.run(pretrain_cmd(reference_home, method, augment), capture_output=True, text=True, cwd=REPO,
-                          timeout=300)
+                          timeout=900)
     assert done.returncode == 0, done.stderr
+    # ORL's earlier stages are the reference's, so the kill lands in stage 3 and it alone resumes.
+    for earlier in (reference_home / "artifacts").iterdir():
+        if earlier != artifact(reference_home, method):
+            shutil.copytree(earlier, workdir / "artifacts" / earlier.name)
 
     kill_at = random.Random().randint(3, 10)  # of 24 steps (6 epochs x 4): a wide margin under load
     proc = subprocess.Popen(pretrain_cmd(workdir, method, augment), cwd=REPO, stdout=subprocess.DEVNULL,
@@ -56,7 +66,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(workdir, tmp_path, metho
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (artifact(workdir, method) / "manifest.json").exists()
 
-    resumed = subprocess.run(pretrain_cmd(workdir, method, augment), capture_output=True, text=True, cwd=REPO, timeout=300)
+    resumed = subprocess.run(pretrain_cmd(workdir, method, augment), capture_output=True, text=True, cwd=REPO, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert any(e.get("event") == "resume" for e in events)

@@ -12,11 +12,16 @@ never change, every sample contributes to all three branches):
   the inter pair. Neighbours with an empty pair list are skipped when drawing the neighbour;
 - a neighbour image that cannot be read falls back the same way for that sample; the file itself
   is counted as unreadable when it is drawn as a query in the same epoch.
+
+With `decoded` (train.augment: device) a sample is a DecodedViews instead: the uint8 query image
+(and neighbour image, when the inter pair uses one) and a parameter row per view and patch, in the
+order of `decoded_specs`, from the very draws of the PIL path; `DeviceViews` makes the tensors.
 """
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,9 +30,10 @@ from PIL import Image
 from torchvision.ops import box_convert, box_iou
 from torchvision.transforms import v2
 
+from orl_bench.data.batched_views import DecodedViews, draw_patch_params, draw_view_params, pixel_box
 from orl_bench.data.images import UnreadableImageError, read_rgb
 from orl_bench.data.pretrain_dataset import ViewsDataset
-from orl_bench.data.views import normalize, photometric, view_transform
+from orl_bench.data.views import ViewSpec, normalize, photometric, two_view_specs, view_transform
 from orl_bench.methods.orl.correspondence import CorrespondenceError, Correspondences
 
 if TYPE_CHECKING:
@@ -73,24 +79,26 @@ def jitter_box(box: Box, image_wh: tuple[int, int], generator: torch.Generator |
 def crop_resize(image: Image.Image, box: Box, size: int) -> Image.Image:
     """Crop `box` (rounded to whole pixels, clipped to the image, >= 1 px) and resize it to
     size x size with PIL's (antialiased) bilinear resize, as the official code does."""
-    width, height = image.size
-    x, y, w, h = box
-    left, top = min(max(round(x), 0), width - 1), min(max(round(y), 0), height - 1)
-    right, bottom = min(max(round(x + w), left + 1), width), min(max(round(y + h), top + 1), height)
-    return image.crop((left, top, right, bottom)).resize((size, size), Image.Resampling.BILINEAR)
+    return image.crop(pixel_box(box, *image.size)).resize((size, size), Image.Resampling.BILINEAR)
 
 
 def _randint(n: int) -> int:
     return int(torch.randint(n, ()))
 
 
+def decoded_specs(p: ORLParams) -> list[ViewSpec]:
+    """The recipe of each parameter row of a decoded sample: the two global views, then the intra
+    and the inter patch pairs (view 1, view 2 each) at the patch size."""
+    return [*two_view_specs(p.views), *two_view_specs(replace(p.views, size=p.patch_size)) * 2]
+
+
 class ORLDataset(ViewsDataset):
     """Indexed by sampler keys (epoch * N + index). Returns
-    (index, ((global1, global2), (intra1, intra2), (inter1, inter2))), or (index, None) when the
-    image cannot be read, for `collate_skipping_unreadable`."""
+    (index, ((global1, global2), (intra1, intra2), (inter1, inter2))), or with `decoded` (index,
+    DecodedViews), or (index, None) when the image cannot be read, for `collate_skipping_unreadable`."""
 
     def __init__(self, paths: list[Path], correspondences: Correspondences, params: ORLParams,
-                 seed: int):
+                 seed: int, decoded: bool = False):
         super().__init__(paths, None, seed)
         c = correspondences
         c.validate(n_images=len(self.paths))
@@ -112,20 +120,35 @@ class ORLDataset(ViewsDataset):
                           "have no boxes (their intra pair uses the whole image) and "
                           f"{self.fallbacks['no_pairs']} have no inter pairs (they reuse their "
                           "intra boxes)", stacklevel=2)
+        self.decoded = decoded
+        self.views = params.views
         self.global_views = (view_transform(params.views, 1), view_transform(params.views, 2))
         self.patch_size = params.patch_size
         self.patch_views = {which: v2.Compose([*photometric(params.views, which, params.patch_size),
                                                normalize()]) for which in (1, 2)}
 
-    def sample(self, index: int, image: Image.Image) -> tuple[Pair, Pair, Pair]:
-        views = (self.global_views[0](image), self.global_views[1](image))
+    def sample(self, index: int, image: Image.Image) -> tuple[Pair, Pair, Pair] | DecodedViews:
+        # Both paths make the same draws in the same order; only what a view becomes differs.
+        views = (self._view(image, 1), self._view(image, 2))
         boxes = self.boxes[index]
         box = tuple(boxes[_randint(len(boxes))].tolist()) if len(boxes) else (0, 0, *image.size)
         intra = (box, jitter_box(box, image.size))
         other_image, inter = self._inter_boxes(index, intra, image)
-        return (views,
-                (self._patch(image, intra[0], 1), self._patch(image, intra[1], 2)),
-                (self._patch(image, inter[0], 1), self._patch(other_image, inter[1], 2)))
+        patches = (self._patch(image, intra[0], 1), self._patch(image, intra[1], 2),
+                   self._patch(image, inter[0], 1), self._patch(other_image, inter[1], 2))
+        if not self.decoded:
+            return views, patches[:2], patches[2:]
+        images = (image,) if other_image is image else (image, other_image)
+        # Every row reads the query image but the last patch, which reads the neighbour's when used.
+        sources = torch.tensor([0] * (len(views) + len(patches) - 1) + [len(images) - 1])
+        return DecodedViews(tuple(v2.functional.pil_to_tensor(i) for i in images),
+                            torch.stack([*views, *patches]), sources)
+
+    def _view(self, image: Image.Image, which: int) -> torch.Tensor:
+        """Global view `which` (1 or 2), or (decoded) its parameter row."""
+        if self.decoded:
+            return draw_view_params(self.views, which, image.height, image.width)
+        return self.global_views[which - 1](image)
 
     def _inter_boxes(self, index: int, intra: tuple[Box, Box],
                      image: Image.Image) -> tuple[Image.Image, tuple[Box, Box]]:
@@ -146,5 +169,8 @@ class ORLDataset(ViewsDataset):
                 (tuple(self.boxes[index][query].tolist()), tuple(self.boxes[neighbour][other].tolist())))
 
     def _patch(self, image: Image.Image, box: Box, which: int) -> torch.Tensor:
-        """Crop-and-resize, then the photometric chain with view `which` (1 or 2) probabilities."""
+        """Crop-and-resize, then the photometric chain with view `which` (1 or 2) probabilities;
+        or (decoded) its parameter row."""
+        if self.decoded:
+            return draw_patch_params(self.views, which, box, *image.size)
         return self.patch_views[which](crop_resize(image, box, self.patch_size))

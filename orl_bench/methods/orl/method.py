@@ -27,12 +27,13 @@ from typing import Any
 import torch
 
 from orl_bench.config import ConfigError, PretrainConfig, config_hash
+from orl_bench.data.batched_views import DecodedViews, DeviceViews
 from orl_bench.data.views import ViewParams
 from orl_bench.engine.checkpoint import read_manifest
 from orl_bench.methods.base import Progress, StageContext
 from orl_bench.methods.byol import BYOL
 from orl_bench.methods.orl.correspondence import Correspondences
-from orl_bench.methods.orl.dataset import ORLDataset
+from orl_bench.methods.orl.dataset import ORLDataset, decoded_specs
 from orl_bench.methods.orl.stage2 import ARTIFACT, OFFICIAL_PREFIX, TIMINGS, Stage2Params, discover, folder_name
 from orl_bench.models.heads import MLP
 from orl_bench.registry import METHODS
@@ -63,6 +64,15 @@ class ORLParams:
 
     def weight(self, branch: str) -> float:
         return getattr(self, f"{branch}_weight")
+
+
+class PairedDeviceViews(DeviceViews):
+    """DeviceViews of `decoded_specs`, grouped as the loader path's batch: ((global1, global2),
+    (intra1, intra2), (inter1, inter2))."""
+
+    def forward(self, batch: DecodedViews) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        views = super().forward(batch)
+        return tuple(zip(views[::2], views[1::2], strict=True))
 
 
 @METHODS.register("orl")
@@ -113,12 +123,16 @@ class ORL(BYOL):
 
     def make_dataset(self, paths: list[Path]) -> ORLDataset:
         """The stage-3 samples over `paths`, paired with the stage-2 correspondences, which are
-        validated against the image list before any training starts."""
+        validated against the image list before any training starts. With `train.augment: device`
+        the loader draws the views' and patches' parameters and the device makes them."""
         if "correspondences" not in self.inputs:
             raise ValueError("ORL stage 3 needs the stage-2 correspondence artifact as the input "
                              "'correspondences' (orl-bench run / pretrain build it)")
         c = Correspondences.load(Path(self.inputs["correspondences"]), n_images=len(paths))
-        return ORLDataset(paths, c, self.params, self.cfg.train.seed)
+        decoded = self.cfg.train.augment == "device"
+        if decoded:
+            self.device_views = PairedDeviceViews(decoded_specs(self.params), self.cfg.train.channels_last)
+        return ORLDataset(paths, c, self.params, self.cfg.train.seed, decoded)
 
     def training_step(self, batch: tuple[tuple[torch.Tensor, torch.Tensor], ...],
                       progress: Progress) -> dict[str, torch.Tensor]:
