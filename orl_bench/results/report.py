@@ -75,10 +75,15 @@ def _k(k: Any) -> int | None:
     return None if k is None or pd.isna(k) else int(k)  # pandas holds a missing k as NaN, never equal to itself
 
 
+def _scale(recipe: Any) -> str:
+    # the scale a recipe belongs to ('default_5a_intra_only' -> 'default'), as pipeline.benchmark_recipe reads it
+    return str(recipe).split("_", 1)[0]
+
+
 def at_a_glance(records: list[dict[str, Any]], paper: PaperReference) -> pd.DataFrame:
     """One line per (task cell, method setting): `value` (mean ± std over seeds at each
-    artifact's best layer), `n`, and beside it the cell's `chance`, the `random` init of the same
-    recipe and the `paper`'s number. Chance records are levels, not lines."""
+    artifact's best layer), `n`, and beside it the cell's `chance`, the `random` init at the same
+    scale (an ablation recipe's is its scale's) and the `paper`'s number. Chance records are levels, not lines."""
     cells: dict[tuple, list[dict[str, Any]]] = {}
     for r in records:
         cells.setdefault(tuple(r.get(k) for k in (*CELL_KEYS, "task_config_hash")), []).append(r)
@@ -88,11 +93,11 @@ def at_a_glance(records: list[dict[str, Any]], paper: PaperReference) -> pd.Data
         return rows
     # a task's chance level is one per dataset, whatever the k (low-shot) or the neighbours (kNN)
     chance = {(r.task, r.metric, r.dataset): r.mean for r in rows[rows["method"] == CHANCE].itertuples()}
-    random = {(r.task, r.metric, _k(r.k), r.dataset, r.recipe): r.mean
+    random = {(r.task, r.metric, _k(r.k), r.dataset, _scale(r.recipe)): r.mean
               for r in rows[rows["method"] == "random"].itertuples()}
     lines = rows[rows["method"] != CHANCE].reset_index(drop=True)
     lines["chance"] = [chance.get((r.task, r.metric, r.dataset)) for r in lines.itertuples()]
-    lines["random"] = [random.get((r.task, r.metric, _k(r.k), r.dataset, r.recipe)) for r in lines.itertuples()]
+    lines["random"] = [random.get((r.task, r.metric, _k(r.k), r.dataset, _scale(r.recipe))) for r in lines.itertuples()]
     return lines
 
 

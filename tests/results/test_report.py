@@ -104,6 +104,9 @@ def test_at_a_glance_puts_each_method_at_its_best_layer_beside_chance_random_and
     byol = lines.loc[("voc07_svm", "byol")]
     assert (byol["mean"], byol["n"], byol["chance"], byol["random"], byol["paper"]) == (34.0, 2, 13.0, 20.0, 84.5)
     assert lines.loc[("voc07_lowshot", "byol"), "chance"] == 11.0
+    ablation = at_a_glance([record(31.0, 0, recipe="default_5e_epochs4", artifact_sha256="v"),
+                            record(20.0, 0, "random", epochs=0)], load_reference())
+    assert ablation.set_index("method").loc["byol", "random"] == 20.0  # the random init of its scale
     assert ("voc07_svm", "chance") not in lines.index  # a level beside the lines, not a line
     text = glance_markdown(at_a_glance(records, load_reference()))
     block = text.split("voc07_svm · mAP · synth")[1].splitlines()
