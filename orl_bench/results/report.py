@@ -3,7 +3,7 @@
 Two views of the same records:
 - `at_a_glance` (the default of `orl-bench report`): one line per method setting and task cell
   (task, metric, k, dataset), at each artifact's best layer, beside the cell's chance level, the
-  random-init value of the same recipe and the paper's number; narrow enough for a terminal.
+  random-init value at the same scale and the paper's number; narrow enough for a terminal.
 - `summarize` (`--full`): every grouping key. Records are grouped by (task, metric, layer, k,
   method, recipe, epochs, setup, dataset, variant), the setup being the pretraining config without
   its seed (so a `--set` override is its own row). A task's chance-level row comes first.
