@@ -9,8 +9,10 @@ built otherwise. Features are cached per
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -74,6 +76,22 @@ def benchmark_recipe(pretrain_recipe: str) -> str:
         raise ConfigError(f"--recipe is a file ({pretrain_recipe}): name the benchmark recipe too, "
                           "with --task-recipe tiny|default|paper or a YAML path")
     return pretrain_recipe.split("_", 1)[0]
+
+
+PAPER_EPOCHS = 800  # the paper's default schedule, which a scale's own epochs stand for
+ABLATION_RECIPE = re.compile(r"^[a-z]+_5[a-e]_")  # a shipped Table 5 recipe: <scale>_5<x>_<setting>
+
+
+@functools.lru_cache
+def paper_variant(method: str, recipe: str) -> dict[str, Any]:
+    """The settings by which the paper names a shipped recipe's row: the method's own
+    (`Method.variant`) and the epochs, read relative to the recipe's scale, whose own epochs stand
+    for the paper's 800 (`default_5e_epochs4` of an 8-epoch BYOL is the paper's 400)."""
+    cfg = load_pretrain_config(method, recipe, [])
+    variant = dict(METHODS.get(method).variant(cfg))
+    scale_epochs = load_pretrain_config(method, benchmark_recipe(recipe), []).train.epochs
+    variant["epochs"] = round(PAPER_EPOCHS * cfg.train.epochs / scale_epochs)
+    return variant
 
 
 def load_task_config(task: str, recipe: str, overrides: list[str]) -> TaskConfig:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from orl_bench import pipeline
 from orl_bench.results.paper import PaperReference
 from orl_bench.results.records import CHANCE
 
@@ -49,13 +50,15 @@ def summarize(records: list[dict[str, Any]], paper: PaperReference) -> list[dict
         values = [r["value"] for r in items]
         row = dict(zip(GROUP_KEYS, key))
         first = items[0]
+        # an ablation recipe's records carry the method's settings, not its epochs relative to the scale
+        variant = pipeline.paper_variant(first["method"], first["recipe"]) \
+            if pipeline.ABLATION_RECIPE.match(str(first.get("recipe"))) else first.get("variant", {})
         row.update({
             "mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "n": len(values),
             "seeds": sorted({r.get("seed") for r in items if r.get("seed") is not None}),
-            "paper": paper.lookup(first["task"], first["metric"], first["method"], k=first.get("k"),
-                                  **first.get("variant", {})),
+            "paper": paper.lookup(first["task"], first["metric"], first["method"], k=first.get("k"), **variant),
         })
         rows.append(row)
     return rows

@@ -39,7 +39,6 @@ from orl_bench.results.report import best_per_artifact
 TABLES = {"1": ("table1",), "2": ("table2",), "3": ("table3",), "4": ("table4",),
           "5": ("table5a", "table5b", "table5c", "table5d", "table5e")}
 NOT_MEASURED = "not measured by this scale's benchmark recipe (e.g. a k its data cannot supply)"
-PAPER_EPOCHS = 800  # the paper's default schedule, which a scale's own epochs stand for
 # --data NAME=PATH: the pretraining data, or the tasks that read the dataset
 DATA_SOURCES = {"coco": ("pretrain", "coco"), "coco_plus": ("pretrain", "coco_plus"),
                 "voc07": (("voc07_svm", "voc07_lowshot"), "voc2007"),
@@ -77,15 +76,6 @@ def _label(ref: PaperReference, method: str) -> str:
     return ref.names.get("methods", {}).get(method, method)
 
 
-def _ablation_variant(method: str, recipe: str, scale: str) -> dict[str, Any]:
-    """The settings by which the paper names this recipe's row."""
-    cfg = pipeline.load_pretrain_config(method, recipe, [])
-    variant = dict(METHODS.get(method).variant(cfg))
-    scale_epochs = pipeline.load_pretrain_config(method, scale, []).train.epochs
-    variant["epochs"] = round(PAPER_EPOCHS * cfg.train.epochs / scale_epochs)
-    return variant
-
-
 def plan_rows(table: PaperTable, scale: str, ref: PaperReference, pre_data: list[str]) -> list[RowPlan]:
     rows = [RowPlan("Chance", CHANCE, None, {})]
     if table.kind == "main":
@@ -103,7 +93,7 @@ def plan_rows(table: PaperTable, scale: str, ref: PaperReference, pre_data: list
     for method in dict.fromkeys(row.method for row in table.rows):
         folder = pipeline.recipe_folder(method)
         for recipe in [scale] + sorted(p.stem for p in folder.glob(f"{scale}_{letter}_*.yaml")):
-            variant = _ablation_variant(method, recipe, scale)
+            variant = pipeline.paper_variant(method, recipe)
             paper = {c.key: v for c in table.columns
                      if (v := ref.lookup(c.task, c.metric, method, k=c.k, **variant)) is not None}
             rows.append(RowPlan(f"{_label(ref, method)} [{recipe}]", method, recipe, paper))

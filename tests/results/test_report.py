@@ -128,3 +128,11 @@ def test_report_reads_record_files_and_names_a_missing_one(tmp_path, capsys):
     (tmp_path / "broken.jsonl").write_text('{"task": "voc07_svm"\n')
     assert main(["report", "--records", str(tmp_path / "broken.jsonl")]) == 2
     assert "broken.jsonl is not a JSON-lines record file" in capsys.readouterr().err
+
+
+def test_an_ablation_recipe_gets_the_paper_number_of_its_settings():
+    rows = summarize([record(30.0, 0, recipe="default_5e_epochs4"), record(31.0, 0, "orl", recipe="default_5b_knn20"),
+                      record(32.0, 0, recipe="default")], load_reference())
+    assert {(r["method"], r["recipe"]): r["paper"] for r in rows} == {
+        ("byol", "default_5e_epochs4"): 83.7,  # 4 of the default's 8 epochs: the paper's 400
+        ("orl", "default_5b_knn20"): 87.0, ("byol", "default"): 84.5}
