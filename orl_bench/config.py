@@ -83,6 +83,10 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
     # NHWC activations: faster convolutions on CUDA and on CPU (results/perf/channels_last_cpu.json)
     channels_last: bool = True
+    # torch.compile every ResNet backbone's forward: faster steps after a one-off compile (on CPU
+    # 12% per model step for ~1 min of compiling at the default recipe: results/perf/compile_cpu.json), so
+    # it pays on long runs. Compiled kernels round differently from eager ones, hence hashed.
+    compile: bool = added_later(False)
     deterministic: bool = False
     sync_bn: bool = True  # when distributed
     # where the views are made: "loader" (per sample, PIL, in the loader workers, as the official

@@ -3,7 +3,8 @@ identical settings, in one process, one method after the other, with orl-bench's
 
 "Identical settings" is what an orl-bench recipe fixes: the same torchvision ResNet at the same
 width, the same images, view size, augmentation probabilities and strengths, batch size, loader
-workers, optimiser (AdamW at the recipe's scaled lr and weight decay) and head widths. lightly's
+workers, head widths, optimiser (the recipe's, built for both sides by orl-bench's build_optimizer) and
+autocast dtype (the recipe's train.amp: bf16 on a GPU, none on a CPU). lightly's
 side is written the way lightly's own examples train these methods: its LightlyDataset over the
 image folder, its per-sample PIL transforms (BYOLTransform, SimCLRTransform, MoCoV2Transform), its
 heads, losses and momentum helpers, a plain PyTorch loop. Each side runs with its own defaults
@@ -16,6 +17,7 @@ lightly is a test/benchmark extra (pip install -e ".[test]"), never a dependency
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import itertools
 import json
@@ -33,8 +35,9 @@ from pretrain_throughput import measure, timed  # noqa: E402  (a sibling script,
 
 from orl_bench import pipeline  # noqa: E402
 from orl_bench.data.sources import pretrain_images  # noqa: E402
-from orl_bench.engine.optim import scaled_lr  # noqa: E402
+from orl_bench.engine.optim import build_optimizer, scaled_lr  # noqa: E402
 from orl_bench.engine.threads import torch_threads  # noqa: E402
+from orl_bench.engine.trainer import autocast_dtype  # noqa: E402
 from orl_bench.io import atomic_write_json  # noqa: E402
 from orl_bench.models.backbones import build_backbone  # noqa: E402
 from orl_bench.provenance import device_name, git_revision  # noqa: E402
@@ -112,6 +115,8 @@ def measure_lightly(method: str, recipe: str, overrides: list[str], steps: int, 
     cfg = pipeline.load_pretrain_config(method, recipe, overrides)
     p = METHODS.get(method).params_of(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     images = pretrain_images(cfg.data, Path(workdir))
     folders = {path.parent for path in images.paths}
     if len(folders) != 1:
@@ -123,12 +128,14 @@ def measure_lightly(method: str, recipe: str, overrides: list[str], steps: int, 
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.model.arch, cfg.model.width)
     model = LightlyModel(method, backbone, backbone.num_features, p).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=scaled_lr(cfg.optim, b), weight_decay=cfg.optim.weight_decay)
+    optimizer = build_optimizer(model, cfg.optim, scaled_lr(cfg.optim, b))
+    amp = autocast_dtype(cfg.train.amp, device)
     batches = (batch for _ in itertools.count() for batch in loader)
 
     def step() -> None:
         (x0, x1), _, _ = next(batches)
-        loss = model.loss(x0.to(device, non_blocking=True), x1.to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+            loss = model.loss(x0.to(device, non_blocking=True), x1.to(device, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -156,6 +163,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     import lightly
+    on_gpu = torch.cuda.is_available()
     results = {}
     for method in args.methods.split(","):
         load = {"before": os.getloadavg()[0]}
@@ -167,21 +175,24 @@ def main() -> None:
         theirs = measure_lightly(method, args.recipe, args.overrides, args.steps, args.warmup, args.workdir)
         load["after_lightly"] = os.getloadavg()[0]
         first = next(iter(ours.values()))
-        # lightly again with orl-bench's thread count: how much of the gap is the thread policy alone
-        same_threads = measure_lightly(method, args.recipe, args.overrides, args.steps, args.warmup, args.workdir,
-                                       threads=first["torch_threads"])
-        load["after_lightly_same_threads"] = os.getloadavg()[0]
         results[method] = {
-            **{f"orl_bench_augment_{a}": r["images_per_s"] | {"torch_threads": r["torch_threads"],
-                                                             "end_to_end_over_model_only": r["end_to_end_over_model_only"]}
-               for a, r in ours.items()},
-            "lightly": theirs, "lightly_with_orl_bench_threads": same_threads,
+            **{f"orl_bench_augment_{a}": r["images_per_s"] | {
+                "torch_threads": r["torch_threads"], "end_to_end_over_model_only": r["end_to_end_over_model_only"],
+                **{k: r[k] for k in ("peak_gpu_memory_gib",) if k in r}} for a, r in ours.items()},
+            "lightly": theirs,
             **{f"orl_bench_{a}_over_lightly": round(r["images_per_s"]["end_to_end"] / theirs["end_to_end"], 3)
                for a, r in ours.items()},
             "load_1min": load,
             "settings": {k: first[k] for k in ("arch", "width", "batch", "view_size", "num_workers", "amp")}}
+        if not on_gpu:
+            # lightly again with orl-bench's thread count: how much of the gap is the thread policy alone
+            # (on a GPU the training process's CPU threads hardly matter)
+            results[method]["lightly_with_orl_bench_threads"] = measure_lightly(
+                method, args.recipe, args.overrides, args.steps, args.warmup, args.workdir,
+                threads=first["torch_threads"])
+            load["after_lightly_same_threads"] = os.getloadavg()[0]
         print(method, json.dumps(results[method]), flush=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if on_gpu else "cpu")
     atomic_write_json(Path(args.out), {
         "benchmark": "peer_lightly", "recipe": args.recipe, "overrides": args.overrides, "steps": args.steps,
         "warmup": args.warmup,

@@ -1,7 +1,8 @@
 """Pretraining throughput: the data pipeline alone, the model step alone on in-memory batches
 (the upper bound), and both together, for one method and recipe. Writes JSON with the device.
 With train.augment=device the loader only decodes and draws parameters; the views are made in
-the end-to-end step, and the bound is the model step on views made beforehand.
+the end-to-end step, and the bound is the model step on views made beforehand; device_views_only
+is the batched augmentation alone, on one decoded batch already on the device.
 
     python benchmarks/perf/pretrain_throughput.py --method byol --recipe default --steps 30
 """
@@ -48,6 +49,8 @@ def measure(method_name: str, recipe: str, overrides: list[str], steps: int, war
     cfg = pipeline.load_pretrain_config(method_name, recipe, overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info = DistInfo(0, 1, 0, device)
+    if device.type == "cuda":  # peak memory of this measurement, not of earlier ones in the process
+        torch.cuda.reset_peak_memory_stats()
     images = pretrain_images(cfg.data, Path(workdir))
     inputs, _ = pipeline.build_inputs(cfg, Path(workdir), info, overrides, images)  # ORL: stages 1-2
     method = build_method(cfg, info, inputs)
@@ -67,8 +70,9 @@ def measure(method_name: str, recipe: str, overrides: list[str], steps: int, war
     batches = fresh_batches()
     first, _ = next(batches)
     in_memory = to_device(first, device, cfg.train.channels_last)
-    if isinstance(in_memory, DecodedViews):  # the bound is the model step on views already made
-        in_memory = method.device_views(in_memory)
+    decoded = in_memory if isinstance(in_memory, DecodedViews) else None
+    if decoded is not None:  # the bound is the model step on views already made
+        in_memory = method.device_views(decoded)
     optimizer = build_optimizer(method, cfg.optim, scaled_lr(cfg.optim, b))
     amp = autocast_dtype(cfg.train.amp, device)
     progress = Progress(0, 1000, 0)
@@ -86,9 +90,12 @@ def measure(method_name: str, recipe: str, overrides: list[str], steps: int, war
     threads = training_threads(device, cfg.train.num_workers, cfg.train.cpu_threads)
     with torch_threads(threads):
         load_only = timed(lambda: next(batches), steps, warmup)
+        first_model_step = timed(lambda: model_step(in_memory), 1, 0)  # with train.compile: the compiling
         model_only = timed(lambda: model_step(in_memory), steps, warmup)
         end_to_end = timed(lambda: model_step(to_device(next(batches)[0], device, cfg.train.channels_last)),
                            steps, warmup)
+        # the batched augmentation alone: views of one decoded batch already on the device
+        views_only = timed(lambda: method.device_views(decoded), steps, warmup) if decoded is not None else None
     n = steps * b
     return {
         "benchmark": "pretrain_throughput", "method": method_name, "recipe": recipe,
@@ -97,8 +104,10 @@ def measure(method_name: str, recipe: str, overrides: list[str], steps: int, war
         "augment": cfg.train.augment,
         "torch_threads": threads, "amp": str(amp),
         "images_per_s": {"data_only": round(n / load_only, 1), "model_only": round(n / model_only, 1),
-                         "end_to_end": round(n / end_to_end, 1)},
+                         "end_to_end": round(n / end_to_end, 1),
+                         **({"device_views_only": round(n / views_only, 1)} if views_only else {})},
         "end_to_end_over_model_only": round(model_only / end_to_end, 3),
+        "first_model_step_s": round(first_model_step, 2), "compile": cfg.train.compile,
         **({"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)} if device.type == "cuda" else {}),
         "device": device_name(device), "git_revision": git_revision(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

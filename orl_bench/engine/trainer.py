@@ -31,6 +31,7 @@ from orl_bench.engine.threads import torch_threads, training_threads
 from orl_bench.faults import fault_point
 from orl_bench.logging import RunLogger
 from orl_bench.methods.base import Method, Progress
+from orl_bench.models.backbones import ResNet
 from orl_bench.provenance import device_name, git_revision, now_iso
 from orl_bench.registry import METHODS
 
@@ -61,6 +62,12 @@ def build_method(cfg: PretrainConfig, info: DistInfo, inputs: Mapping[str, Path]
     method.to(info.device)
     if cfg.train.channels_last:
         method.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        # in place, so parameter names (checkpoints, exports) stay those of the eager module; only
+        # __call__ is compiled, so the res5 maps SCRL reads through ResNet.taps stay eager
+        for module in method.modules():
+            if isinstance(module, ResNet):
+                module.compile()
     return method
 
 
@@ -200,7 +207,8 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
                 "git_revision": git_revision(), "world_size": info.world_size,
                 "sync_bn": info.distributed and cfg.train.sync_bn,
                 "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
-                "channels_last": t.channels_last, "augment": t.augment, "torch": torch.__version__}
+                "channels_last": t.channels_last, "augment": t.augment, "torch": torch.__version__,
+                **({"compile": True} if t.compile else {})}
     if hasattr(dataset, "fallbacks"):  # counts of samples a dataset had to make up (e.g. ORL's)
         manifest["dataset_fallbacks"] = dataset.fallbacks
     run_info = {**(run_extra or {}), "finished": now_iso(), "device": device_name(info.device),
