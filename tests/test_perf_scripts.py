@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "perf" / "pretrain_throughput.py"
 
@@ -26,7 +27,8 @@ def test_throughput_reports_every_figure_of_its_view_path(workdir, augment):
     expected = {"data_only", "model_only", "end_to_end"} | ({"device_views_only"} if augment == "device" else set())
     assert set(figures) == expected
     assert all(v > 0 for v in figures.values())
-    assert result["augment"] == augment and result["device"].startswith("cpu")
+    assert result["augment"] == augment
+    assert ("peak_gpu_memory_gib" in result) == torch.cuda.is_available()
 
 
 def test_peer_comparison_writes_both_sides_with_their_ratio(workdir, tmp_path):
@@ -39,4 +41,6 @@ def test_peer_comparison_writes_both_sides_with_their_ratio(workdir, tmp_path):
     ours, theirs = byol["orl_bench_augment_loader"]["end_to_end"], byol["lightly"]["end_to_end"]
     assert ours > 0 and theirs > 0
     assert byol["orl_bench_loader_over_lightly"] == pytest.approx(ours / theirs, rel=1e-2)
-    assert "orl_bench_augment_device" in byol and "lightly_with_orl_bench_threads" in byol
+    assert "orl_bench_augment_device" in byol
+    # lightly at orl-bench's thread count says how much of a CPU gap is the thread policy; not run on a GPU
+    assert ("lightly_with_orl_bench_threads" in byol) != torch.cuda.is_available()

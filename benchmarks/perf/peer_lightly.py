@@ -165,41 +165,44 @@ def main() -> None:
     import lightly
     on_gpu = torch.cuda.is_available()
     results = {}
+
+    def save() -> None:
+        """After every measurement, so a side that fails keeps the figures measured before it."""
+        atomic_write_json(Path(args.out), {
+            "benchmark": "peer_lightly", "recipe": args.recipe, "overrides": args.overrides, "steps": args.steps,
+            "warmup": args.warmup, "images_per_s": results,
+            "device": device_name(torch.device("cuda" if on_gpu else "cpu")),
+            "versions": {"torch": torch.__version__, "lightly": lightly.__version__}, "git_revision": git_revision(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
     for method in args.methods.split(","):
         load = {"before": os.getloadavg()[0]}
-        ours = {}
+        results[method] = entry = {"load_1min": load}
         for augment in args.augment.split(","):
-            ours[augment] = measure(method, args.recipe, [*args.overrides, f"train.augment={augment}"], args.steps,
-                                    args.warmup, args.workdir)
+            ours = measure(method, args.recipe, [*args.overrides, f"train.augment={augment}"], args.steps,
+                           args.warmup, args.workdir)
             load[f"after_orl_bench_{augment}"] = os.getloadavg()[0]
-        theirs = measure_lightly(method, args.recipe, args.overrides, args.steps, args.warmup, args.workdir)
+            entry[f"orl_bench_augment_{augment}"] = ours["images_per_s"] | {
+                k: ours[k] for k in ("torch_threads", "end_to_end_over_model_only", "peak_gpu_memory_gib") if k in ours}
+            entry.setdefault("settings", {k: ours[k] for k in ("arch", "width", "batch", "view_size", "num_workers",
+                                                               "amp")})
+            save()
+        entry["lightly"] = theirs = measure_lightly(method, args.recipe, args.overrides, args.steps, args.warmup,
+                                                    args.workdir)
         load["after_lightly"] = os.getloadavg()[0]
-        first = next(iter(ours.values()))
-        results[method] = {
-            **{f"orl_bench_augment_{a}": r["images_per_s"] | {
-                "torch_threads": r["torch_threads"], "end_to_end_over_model_only": r["end_to_end_over_model_only"],
-                **{k: r[k] for k in ("peak_gpu_memory_gib",) if k in r}} for a, r in ours.items()},
-            "lightly": theirs,
-            **{f"orl_bench_{a}_over_lightly": round(r["images_per_s"]["end_to_end"] / theirs["end_to_end"], 3)
-               for a, r in ours.items()},
-            "load_1min": load,
-            "settings": {k: first[k] for k in ("arch", "width", "batch", "view_size", "num_workers", "amp")}}
+        for augment in args.augment.split(","):
+            entry[f"orl_bench_{augment}_over_lightly"] = round(
+                entry[f"orl_bench_augment_{augment}"]["end_to_end"] / theirs["end_to_end"], 3)
+        save()
         if not on_gpu:
             # lightly again with orl-bench's thread count: how much of the gap is the thread policy alone
             # (on a GPU the training process's CPU threads hardly matter)
-            results[method]["lightly_with_orl_bench_threads"] = measure_lightly(
+            entry["lightly_with_orl_bench_threads"] = measure_lightly(
                 method, args.recipe, args.overrides, args.steps, args.warmup, args.workdir,
-                threads=first["torch_threads"])
+                threads=entry[f"orl_bench_augment_{args.augment.split(',')[0]}"]["torch_threads"])
             load["after_lightly_same_threads"] = os.getloadavg()[0]
-        print(method, json.dumps(results[method]), flush=True)
-    device = torch.device("cuda" if on_gpu else "cpu")
-    atomic_write_json(Path(args.out), {
-        "benchmark": "peer_lightly", "recipe": args.recipe, "overrides": args.overrides, "steps": args.steps,
-        "warmup": args.warmup,
-        "images_per_s": results, "device": device_name(device), "versions": {
-            "torch": torch.__version__, "lightly": lightly.__version__}, "git_revision": git_revision(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-
+            save()
+        print(method, json.dumps(entry), flush=True)
 
 if __name__ == "__main__":
     main()
