@@ -8,8 +8,8 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -18,12 +18,15 @@ import numpy as np
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file next to `path`, fsync it, then rename into place."""
+    """Call `write(tmp)` on a temporary file next to `path`, fsync it, then rename into place.
+
+    The file gets the permissions a plain open() would give (0666 less the umask), so artifacts and
+    tables on a shared filesystem are as readable as the user's other files; tempfile.mkstemp's
+    0600 would hide them from the group."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -72,7 +75,7 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
     path = Path(path)
     data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
     with file_lock(path):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, as open() does
         try:
             end = os.lseek(fd, 0, os.SEEK_END)
             if end and os.pread(fd, 1, end - 1) != b"\n":
