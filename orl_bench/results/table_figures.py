@@ -66,7 +66,7 @@ def loss_curves(frame: pd.DataFrame, workdir: Path, out: Path) -> str:
             folder = artifact_folder(recorded, workdir)
             log = folder / "log.jsonl"
             if log.is_file():
-                title = f"{line.method} [{line.recipe}]" + (" (last stage)" if "stages" in read_manifest(folder) else "")
+                title = f"{line.method} [{line.recipe}]" + (" (last stage)" if read_manifest(folder).get("stages") else "")
                 runs.setdefault(title, []).append((seed, [json.loads(x) for x in log.read_text().splitlines() if x]))
     return f"{figures.loss_curves(runs, out)} runs' training loss"
 
