@@ -17,7 +17,6 @@ lightly is a test/benchmark extra (pip install -e ".[test]"), never a dependency
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import itertools
 import json
@@ -37,7 +36,7 @@ from orl_bench import pipeline  # noqa: E402
 from orl_bench.data.sources import pretrain_images  # noqa: E402
 from orl_bench.engine.optim import build_optimizer, scaled_lr  # noqa: E402
 from orl_bench.engine.threads import torch_threads  # noqa: E402
-from orl_bench.engine.trainer import autocast_dtype  # noqa: E402
+from orl_bench.engine.trainer import autocast, autocast_dtype  # noqa: E402
 from orl_bench.io import atomic_write_json  # noqa: E402
 from orl_bench.models.backbones import build_backbone  # noqa: E402
 from orl_bench.provenance import device_name, git_revision  # noqa: E402
@@ -134,7 +133,7 @@ def measure_lightly(method: str, recipe: str, overrides: list[str], steps: int, 
 
     def step() -> None:
         (x0, x1), _, _ = next(batches)
-        with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+        with autocast(device, amp):
             loss = model.loss(x0.to(device, non_blocking=True), x1.to(device, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

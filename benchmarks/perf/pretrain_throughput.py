@@ -9,7 +9,6 @@ is the batched augmentation alone, on one decoded batch already on the device.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import time
@@ -25,7 +24,7 @@ from orl_bench.data.sources import pretrain_images
 from orl_bench.engine.distributed import DistInfo
 from orl_bench.engine.optim import build_optimizer, scaled_lr
 from orl_bench.engine.threads import torch_threads, training_threads
-from orl_bench.engine.trainer import autocast_dtype, build_method, to_device
+from orl_bench.engine.trainer import autocast, autocast_dtype, build_method, to_device
 from orl_bench.io import atomic_write_json
 from orl_bench.methods.base import Progress
 from orl_bench.provenance import device_name, git_revision
@@ -78,8 +77,7 @@ def measure(method_name: str, recipe: str, overrides: list[str], steps: int, war
     progress = Progress(0, 1000, 0)
 
     def model_step(batch) -> None:
-        ctx = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
-        with ctx:
+        with autocast(device, amp):
             loss = method(batch, progress)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

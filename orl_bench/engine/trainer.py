@@ -46,6 +46,11 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision at `dtype` (from `autocast_dtype`), or nothing when it is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
 def build_method(cfg: PretrainConfig, info: DistInfo, inputs: Mapping[str, Path] | None = None) -> Method:
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     plugin = METHODS.get(cfg.method["name"])
@@ -168,8 +173,7 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
                 set_lr(optimizer, lr)
                 progress = Progress(step, max_steps, epoch)
                 batch = to_device(batch, info.device, cfg.train.channels_last)
-                autocast = torch.autocast(info.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-                with autocast:
+                with autocast(info.device, amp_dtype):
                     losses = model(batch, progress)
                 if not torch.isfinite(losses["loss"].detach()):  # one host sync per step, as DINO does
                     raise TrainingDiverged(

@@ -11,7 +11,6 @@ pycocotools on the val split.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from orl_bench.data.views import IMAGENET_MEAN, IMAGENET_STD
 from orl_bench.engine.checkpoint import CheckpointError, load_train_state, save_torch
 from orl_bench.engine.export import save_detectron2
 from orl_bench.engine.distributed import DistInfo, all_reduce_mean, barrier
-from orl_bench.engine.trainer import autocast_dtype, seed_globals
+from orl_bench.engine.trainer import autocast, autocast_dtype, seed_globals
 from orl_bench.faults import fault_point
 from orl_bench.logging import RunLogger
 from orl_bench.models.backbones import ResNet
@@ -211,7 +210,7 @@ def fine_tune(model: nn.Module, data: InstanceImages, p: MaskRCNNParams, state_p
                 group["lr"] = lr * lr_factor(iteration, p)
             images = [im.to(info.device, non_blocking=True) for im in images]
             targets = [{k: v.to(info.device, non_blocking=True) for k, v in t.items()} for t in targets]
-            with torch.autocast(info.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+            with autocast(info.device, amp_dtype):
                 parts = model(images, targets)
             loss = sum(parts.values())
             if not torch.isfinite(loss):
@@ -261,7 +260,7 @@ def evaluate_detector(model: nn.Module, data: InstanceImages, p: MaskRCNNParams,
     loader = DataLoader(data, batch_size=p.test_batch_size, sampler=mine, collate_fn=_collate,
                         num_workers=p.num_workers, pin_memory=info.device.type == "cuda")
     for images, _ in loader:
-        with torch.autocast(info.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+        with autocast(info.device, amp_dtype):
             found = model([im.to(info.device, non_blocking=True) for im in images])
         outputs += [{k: v.float().cpu() for k, v in out.items()} for out in found]
     ids = [data.coco.images[i].id for i in mine]
