@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from orl_bench import pipeline
+from orl_bench import pipeline, preflight, rehearse
 from orl_bench.config import (RECIPE_KINDS, ConfigError, DataConfig, apply_overrides, dump_yaml, find_recipe,
                               from_dict, load_yaml_recipe, recipe_root)
 from orl_bench.data.images import DatasetLayoutError
@@ -70,12 +70,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     pre_over, task_over = pipeline.split_overrides(seed_overrides(args))
     task_cfg = pipeline.load_task_config(args.task, args.task_recipe or pipeline.benchmark_recipe(args.recipe),
                                          task_over)
+    cfg = None if args.checkpoint else pipeline.load_pretrain_config(args.method, args.recipe, pre_over)
+    preflight.check(workdir, [(cfg, pre_over)] if cfg else [], [task_cfg],
+                    [("work directory", workdir)]
+                    + ([("--records-out folder", Path(args.records_out).parent)] if args.records_out else []))
     t0 = time.perf_counter()
     if args.checkpoint:
         ref = pipeline.checkpoint_ref(Path(args.checkpoint), args.arch, args.width, args.label)
         extra, timings = {"config_hash": ref.sha256, "seed": None}, {}
     else:
-        cfg = pipeline.load_pretrain_config(args.method, args.recipe, pre_over)
         folder, timings = pipeline.ensure_pretrained(cfg, args.recipe, workdir, info, pre_over)
         if not (info.is_main or TASKS.get(args.task).distributed):
             return 0
@@ -139,11 +142,21 @@ def cmd_table(args: argparse.Namespace) -> int:
     pre_data, task_data = tables.data_overrides(data)
     ref, t0 = load_reference(), time.perf_counter()
     numbers = list(tables.TABLES) if args.number == "all" else [args.number]
+    plans_of = {n: [(t, tables.plan_rows(t, args.recipe, ref, pre_data)) for t in map(ref.table, tables.TABLES[n])]
+                for n in numbers}
+    # checked before any table is built: what the build runs (nothing with --no-build) and the
+    # folders written (none in a dry run)
+    pretraining, benchmarks = ([], []) if args.no_build else tables.planned_configs(
+        [plan for plans in plans_of.values() for plan in plans], args.seeds, pre_data, task_data, load_records(workdir))
+    writes = [] if args.dry_run else [("--out", Path(args.out)), ("--figures", Path(args.figures))]
+    if not (args.dry_run or args.no_build):
+        writes.append(("work directory", workdir))
+    preflight.check(workdir, pretraining, benchmarks, writes)
     total = tables.Built()
     for number in numbers:
-        plans = [(t, tables.plan_rows(t, args.recipe, ref, pre_data)) for t in map(ref.table, tables.TABLES[number])]
+        plans = plans_of[number]
         for table, rows in ([] if args.no_build else plans):
-            built = tables.build(rows, sorted({c.task for c in table.columns}), args.seeds, workdir, pre_data,
+            built = tables.build(rows, tables.table_tasks(table), args.seeds, workdir, pre_data,
                                  task_data, info, load_records(workdir), args.dry_run, print)
             total.pretrained, total.evaluated = total.pretrained + built.pretrained, total.evaluated + built.evaluated
         if args.dry_run or not info.is_main:
@@ -164,6 +177,26 @@ def cmd_table(args: argparse.Namespace) -> int:
         print(f"built: {total.pretrained} pretraining run(s), {total.evaluated} evaluation(s) "
               f"in {time.perf_counter() - t0:.0f} s" + (" (dry run: nothing built)" if args.dry_run else ""))
     return 0
+
+
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    info = init_distributed()
+    if info.distributed:
+        raise ConfigError("rehearse runs in one process (it measures one device); start it without torchrun")
+    height, sep, width = args.image_size.partition("x")
+    if not (sep and height.isdigit() and width.isdigit()):
+        raise ConfigError(f"--image-size takes HEIGHTxWIDTH in pixels, e.g. 480x640; got '{args.image_size}'")
+    plan = rehearse.Plan(args.recipe, args.methods and tuple(args.methods),
+                         None if args.tasks is None else tuple(args.tasks), args.steps, args.batch,
+                         args.gpus, (int(height), int(width)), tuple(args.overrides), args.extrapolate)
+    runner = rehearse.Rehearsal(plan, workdir_of(args), info)
+    report = runner.run()
+    paths = rehearse.write(report, runner.root / "rehearsal")
+    if args.out:
+        paths += rehearse.write(report, Path(args.out))
+    print(rehearse.to_markdown(report), end="")
+    print(f"{report['failed']} failed; wrote " + ", ".join(map(str, paths)))
+    return 1 if report["failed"] else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -367,6 +400,31 @@ def build_parser() -> argparse.ArgumentParser:
                    "curves, Figures 3 and 4 with Table 1; low-shot curves with Table 2; schedule curves with Table 5)")
     p.add_argument("--workdir")
     p.set_defaults(fn=cmd_table)
+
+    p = sub.add_parser("rehearse", help="every method and task through a recipe's real code path, a few steps each, "
+                       "on generated data in the real formats: shape errors, feature dimensions, memory per GPU and "
+                       "projected time before a long run, not after it")
+    p.add_argument("--recipe", default="paper", help="the scale to rehearse (paper, default, tiny or a YAML path)")
+    p.add_argument("--methods", nargs="+", help="methods to rehearse (default: every registered one, plugins "
+                   "included, and random)")
+    p.add_argument("--tasks", nargs="*", help="tasks to rehearse (default: every registered one; none after "
+                   "--tasks: pretraining only)")
+    p.add_argument("--steps", type=int, default=2, help="optimiser steps per training loop; two give a step time "
+                   "without the first step's start-up")
+    p.add_argument("--batch", type=int, help="cap on every batch (default: the recipe's per-GPU batch on CUDA, "
+                   f"{rehearse.CPU_BATCH} on CPU, where time binds)")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs of the full run, which share the recipe's global "
+                   "batch: memory is extrapolated to the per-GPU batch this gives (the paper used 8)")
+    p.add_argument("--image-size", default="480x640", help="HEIGHTxWIDTH of the generated images (COCO's typical "
+                   "480x640); views, crops and Mask R-CNN sizes are the recipe's own")
+    p.add_argument("--extrapolate", action=argparse.BooleanOptionalAction, default=True,
+                   help="run everything a second time at another batch for one step, to extrapolate peak memory "
+                        "to the per-GPU batch (--no-extrapolate halves the time)")
+    p.add_argument("--out", help="also write the report to OUT.json and OUT.md (e.g. results/rehearsal/paper_cpu)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value for every method (task.* keys: every task), as in `run`")
+    p.add_argument("--workdir")
+    p.set_defaults(fn=cmd_rehearse)
 
     p = sub.add_parser("list", help="registered methods or tasks (with where they come from), or recipes")
     p.add_argument("what", choices=("methods", "tasks", "recipes"))

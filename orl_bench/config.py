@@ -43,7 +43,18 @@ def added_later(default: Any) -> Any:
     return field(default=default, metadata={"hash_unless": default})
 
 
+def check_fields(obj: Any, where: str, *rules: tuple[str, bool, str]) -> None:
+    """Refuse the first field of dataclass `obj` whose rule fails; a rule is (field name, whether
+    its value is valid, what is expected). Checked when a recipe is read, so a value that would
+    make a run meaningless (0 epochs: an untrained network recorded as trained) stops it at once."""
+    for name, valid, expected in rules:
+        if not valid:
+            raise ConfigError(f"{where}.{name} must be {expected}, got {getattr(obj, name)!r}")
+
+
 AUGMENT_PLACES = ("loader", "device")
+# Kaiming-normal modes of the ResNet convolutions: torchvision's, and OpenSelfSup's (the official ORL code's)
+CONV_INITS = ("fan_out", "fan_in")
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,13 @@ class DataConfig:
 class ModelConfig:
     arch: str = "resnet50"  # resnet18 | resnet34 | resnet50 | ... (torchvision names)
     width: int = 64  # channels of the stem; 64 is torchvision's, 32 is a half-width ResNet
+    # Kaiming-normal (ReLU gain) mode of every convolution: "fan_out" is torchvision's init,
+    # "fan_in" OpenSelfSup's ResNet.init_weights, the official ORL code's (the `paper` recipes)
+    conv_init: str = added_later("fan_out")
+
+    def __post_init__(self) -> None:
+        if self.conv_init not in CONV_INITS:
+            raise ConfigError(f"model.conv_init must be one of {', '.join(CONV_INITS)}, got '{self.conv_init}'")
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,12 @@ class OptimConfig:
     exclude_bias_and_norm: bool = False  # BYOL/ORL decay every parameter; LARS recipes exclude
     warmup_epochs: float = 4.0
     final_lr_fraction: float = 0.0  # cosine ends at lr * this
+
+    def __post_init__(self) -> None:
+        check_fields(self, "optim", ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                     ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                     ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
+                     ("final_lr_fraction", 0 <= self.final_lr_fraction <= 1, "in [0, 1]"))
 
 
 @dataclass(frozen=True)
@@ -105,6 +129,9 @@ class TrainConfig:
     monitor_root: str | None = volatile(None)  # ImageNet class folders to monitor on; None: the embedded set
 
     def __post_init__(self) -> None:
+        check_fields(self, "train", ("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                     ("checkpoint_every_steps", self.checkpoint_every_steps >= 1, ">= 1"),
+                     ("log_every_steps", self.log_every_steps >= 1, ">= 1"))
         if self.monitor_every_epochs < 0:
             raise ConfigError(f"train.monitor_every_epochs must be >= 0 (0 = off), got {self.monitor_every_epochs}")
         if self.augment not in AUGMENT_PLACES:
@@ -187,18 +214,20 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()})
 
 
-def to_dict(obj: Any, for_hash: bool = False) -> Any:
+def to_dict(obj: Any, for_hash: bool = False, added_defaults: bool = True) -> Any:
     """Plain-data view of a config (tuples become lists), for YAML/JSON; `for_hash` leaves out
-    the volatile fields."""
+    the volatile fields and the `added_later` ones left at their default, `added_defaults=False`
+    the latter only (for a plugin's options, which PretrainConfig.method holds as a plain dict,
+    hashed whole: an option added to a plugin then keeps its recipes' hashes)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name), for_hash) for f in dataclasses.fields(obj)
-                if not for_hash or (f.metadata.get("hash", True)
-                                    and not ("hash_unless" in f.metadata
-                                             and getattr(obj, f.name) == f.metadata["hash_unless"]))}
+        return {f.name: to_dict(getattr(obj, f.name), for_hash, added_defaults) for f in dataclasses.fields(obj)
+                if not (for_hash and not f.metadata.get("hash", True))
+                and not ((for_hash or not added_defaults) and "hash_unless" in f.metadata
+                         and getattr(obj, f.name) == f.metadata["hash_unless"])}
     if isinstance(obj, (list, tuple)):
-        return [to_dict(v, for_hash) for v in obj]
+        return [to_dict(v, for_hash, added_defaults) for v in obj]
     if isinstance(obj, dict):
-        return {k: to_dict(v, for_hash) for k, v in obj.items()}
+        return {k: to_dict(v, for_hash, added_defaults) for k, v in obj.items()}
     return obj
 
 

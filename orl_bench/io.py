@@ -9,6 +9,7 @@ import io
 import json
 import os
 import secrets
+import stat
 import sys
 import zipfile
 from pathlib import Path
@@ -26,9 +27,14 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    os.close(fd)
     try:
         write(tmp)
+        # A writer may replace the file rather than write into it (safetensors' save_file puts a
+        # new 0600 file in its place): give it back the mode the umask gave ours.
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -65,7 +65,7 @@ def load_pretrain_config(method: str, recipe: str, overrides: list[str]) -> Pret
         if set(cfg.method) != {"name"}:
             raise ConfigError(f"method 'random' takes no options, got {sorted(set(cfg.method) - {'name'})}")
         return cfg
-    return replace(cfg, method={"name": method, **to_dict(plugin.params_of(cfg))})
+    return replace(cfg, method={"name": method, **to_dict(plugin.params_of(cfg), added_defaults=False)})
 
 
 def benchmark_recipe(pretrain_recipe: str) -> str:
@@ -126,6 +126,11 @@ def stage_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not o.split("=", 1)[0].strip().startswith("method.")]
 
 
+def stage_config(method: str, recipe: str, overrides: list[str]) -> PretrainConfig:
+    """The config of an earlier stage (`Method.earlier_stages`) of a run under `overrides`."""
+    return load_pretrain_config(method, recipe, stage_overrides(list(overrides)))
+
+
 def _images(cfg: PretrainConfig, workdir: Path, info: DistInfo) -> ImageList:
     """The pretraining images; rank 0 generates the embedded scenes first if needed."""
     images = pretrain_images(cfg.data, workdir) if info.is_main else None
@@ -146,7 +151,7 @@ def build_inputs(cfg: PretrainConfig, workdir: Path, info: DistInfo, overrides: 
     if not is_multistage(cfg):
         return {}, {}
     ctx = StageContext(Path(workdir), images or _images(cfg, workdir, info), info,
-                       config=lambda method, r: load_pretrain_config(method, r, stage_overrides(list(overrides))),
+                       config=lambda method, r: stage_config(method, r, overrides),
                        pretrained=lambda stage_cfg, r: ensure_pretrained(stage_cfg, r, workdir, info))
     return METHODS.get(cfg.method["name"]).build_inputs(cfg, ctx)
 
@@ -197,7 +202,7 @@ def ensure_pretrained(cfg: PretrainConfig, recipe: str, workdir: Path, info: Dis
 
 def export_random(cfg: PretrainConfig, out: Path, extra: dict[str, Any], run_info: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
-    backbone = build_backbone(cfg.model.arch, cfg.model.width)
+    backbone = build_backbone(cfg.model.arch, cfg.model.width, cfg.model.conv_init)
     write_config(out, cfg)
     export_artifact(out, backbone, {**extra, "method": RANDOM, "config_hash": config_hash(cfg),
                                     "arch": cfg.model.arch, "width": cfg.model.width, "epochs": 0,

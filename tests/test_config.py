@@ -1,8 +1,10 @@
+import re
 from dataclasses import replace
 
 import pytest
 
 from orl_bench import pipeline
+from orl_bench.cli import main
 from orl_bench.config import (ConfigError, PretrainConfig, apply_overrides, config_hash, find_recipe, from_dict,
                               load_yaml_recipe, recipe_root, to_dict)
 
@@ -32,6 +34,56 @@ def test_overrides_parse_yaml_scalars_and_nest():
 def test_type_errors_are_reported_with_their_location():
     with pytest.raises(ConfigError, match=r"config.train.epochs: expected int, got 'many'"):
         from_dict(PretrainConfig, {"train": {"epochs": "many"}})
+
+
+# (key, a value that makes a run meaningless, what the error says is expected)
+BAD_PRETRAIN_VALUES = [
+    ("train.epochs", 0, ">= 1"), ("train.epochs", -1, ">= 1"), ("train.batch_size", 0, ">= 1"),
+    ("train.checkpoint_every_steps", 0, ">= 1"), ("train.log_every_steps", -5, ">= 1"),
+    ("optim.lr", 0, "> 0"), ("optim.lr", -0.1, "> 0"), ("optim.weight_decay", -1e-4, ">= 0"),
+    ("optim.momentum", 1.0, "in [0, 1)"), ("optim.momentum", -0.5, "in [0, 1)"), ("optim.warmup_epochs", -1, ">= 0"),
+    ("optim.final_lr_fraction", 1.5, "in [0, 1]"), ("optim.final_lr_fraction", -0.1, "in [0, 1]"),
+]
+
+
+@pytest.mark.parametrize("method", ["byol", "random"])
+@pytest.mark.parametrize("key, value, expected", BAD_PRETRAIN_VALUES)
+def test_a_meaningless_training_value_is_refused_when_the_recipe_is_read(method, key, value, expected):
+    with pytest.raises(ConfigError, match=re.escape(f"{key} must be {expected}, got ")):
+        pipeline.load_pretrain_config(method, "tiny", [f"{key}={value}"])
+
+
+def test_the_edges_of_the_training_ranges_are_accepted():
+    cfg = pipeline.load_pretrain_config("byol", "tiny", ["train.epochs=1", "optim.momentum=0", "optim.warmup_epochs=0",
+                                                         "optim.weight_decay=0", "optim.final_lr_fraction=1"])
+    assert cfg.train.epochs == 1 and cfg.optim.warmup_epochs == 0 and cfg.optim.final_lr_fraction == 1
+
+
+BAD_TASK_VALUES = [
+    ("linear_imagenet", "epochs", 0, ">= 1"), ("linear_places205", "lr", 0, "> 0"),
+    ("linear_inat18", "batch_size", -2, ">= 1"), ("semi_imagenet_1pct", "epochs", -1, ">= 1"),
+    ("semi_imagenet_10pct", "batch_size", 0, ">= 1"), ("semi_imagenet_1pct", "backbone_lr", 0, "> 0"),
+    ("semi_imagenet_1pct", "head_lr_multiplier", -10, "> 0"), ("coco_maskrcnn", "iterations", 0, ">= 1"),
+    ("coco_maskrcnn", "batch_size", 0, ">= 1"), ("coco_maskrcnn", "base_lr", -0.02, "> 0"),
+    ("knn", "k", 0, ">= 1"), ("knn", "temperature", 0, "> 0"),
+]
+
+
+@pytest.mark.parametrize("task, key, value, expected", BAD_TASK_VALUES)
+def test_a_meaningless_benchmark_schedule_is_refused_when_the_recipe_is_read(task, key, value, expected):
+    with pytest.raises(ValueError, match=re.escape(f"params.{key} must be {expected}, got ")):
+        pipeline.load_task_config(task, "tiny", [f"params.{key}={value}"])
+
+
+def test_milestones_beyond_the_epochs_are_refused_when_the_recipe_is_read():
+    with pytest.raises(ValueError, match="milestones within 1..epochs"):
+        pipeline.load_task_config("linear_imagenet", "tiny", ["params.epochs=2", "params.milestones=[5]"])
+
+
+def test_run_with_negative_epochs_writes_no_artifact(tmp_path, capsys):
+    code = main(["run", "--method", "byol", "--recipe", "tiny", "--workdir", str(tmp_path), "--set", "train.epochs=-1"])
+    assert code == 2 and "orl-bench: error: train.epochs must be >= 1, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "artifacts").exists()
 
 
 def test_recipe_inheritance_merges_bases_first(tmp_path):

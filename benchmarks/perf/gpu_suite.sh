@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What to run on a GPU machine: the CUDA tests (bf16 autocast, channels_last, CUDA artifacts),
+# What to run on a GPU machine: the paper-scale rehearsal, the CUDA tests (bf16 autocast, channels_last, CUDA artifacts),
 # then the perf benchmarks at the paper's network and resolution (ResNet-50, 224 px views, 96 px
 # RoI patches) on COCO-sized (640 x 480) embedded scenes, so no real data is needed. Most needed
 # first: by estimate from the H100 run's timings, about 7 minutes to the extras.
@@ -13,6 +13,12 @@ BATCH=${BATCH:-256}
 WORK=${WORK:-$(mktemp -d)}
 PY=${PYTHON:-python3}
 mkdir -p "$RESULTS"
+
+# First the paper-scale rehearsal: every method and task through the paper recipes at their per-GPU
+# batch (bf16, channels_last), does it run and fit, and at what time per step. A failed row is
+# reported in the table; the suite goes on.
+$PY -m orl_bench.cli rehearse --recipe paper --workdir "$WORK" --out results/rehearsal/paper_gpu \
+  || echo "gpu_suite: the rehearsal reported failures (results/rehearsal/paper_gpu.md)" >&2
 
 $PY -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tee "$RESULTS/gpu_tests.log"
 

@@ -125,7 +125,7 @@ def measure_lightly(method: str, recipe: str, overrides: list[str], steps: int, 
     loader = DataLoader(dataset, batch_size=b, shuffle=True, drop_last=True, num_workers=cfg.train.num_workers,
                         persistent_workers=cfg.train.num_workers > 0, pin_memory=device.type == "cuda")
     torch.manual_seed(cfg.train.seed)
-    backbone = build_backbone(cfg.model.arch, cfg.model.width)
+    backbone = build_backbone(cfg.model.arch, cfg.model.width, cfg.model.conv_init)
     model = LightlyModel(method, backbone, backbone.num_features, p).to(device)
     optimizer = build_optimizer(model, cfg.optim, scaled_lr(cfg.optim, b))
     amp = autocast_dtype(cfg.train.amp, device)

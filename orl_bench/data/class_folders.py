@@ -20,18 +20,26 @@ def _layout(root: Path, split: str) -> str:
             f"        n01440764_10026.JPEG ...")
 
 
+def class_names(root: Path, split: str) -> list[str]:
+    """The class folders of a split, sorted, without listing their images; DatasetLayoutError when
+    the split folder is missing or holds none."""
+    split_dir = Path(root) / split
+    if not split_dir.is_dir():
+        raise DatasetLayoutError(f"class-folder dataset: {split_dir} does not exist; {_layout(Path(root), split)}")
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    if not classes:
+        raise DatasetLayoutError(f"class-folder dataset: {split_dir} holds no class folders; "
+                                 f"{_layout(Path(root), split)}")
+    return classes
+
+
 class ClassFolders:
     """One split: `paths` (sorted within each class), `targets` (class index per image), `classes`."""
 
     def __init__(self, root: Path, split: str = "train"):
         self.root, self.split = Path(root), split
         split_dir = self.root / split
-        if not split_dir.is_dir():
-            raise DatasetLayoutError(f"class-folder dataset: {split_dir} does not exist; {_layout(self.root, split)}")
-        self.classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
-        if not self.classes:
-            raise DatasetLayoutError(f"class-folder dataset: {split_dir} holds no class folders; "
-                                     f"{_layout(self.root, split)}")
+        self.classes = class_names(self.root, split)
         self.paths: list[Path] = []
         targets = []
         for k, name in enumerate(self.classes):

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from orl_bench.config import DataConfig
-from orl_bench.data.class_folders import ClassFolders
+from orl_bench.data.class_folders import ClassFolders, class_names
 from orl_bench.data.images import DatasetLayoutError
 from orl_bench.data.sources import ENV_VARS, real_root
 from orl_bench.data.synth_classify import SPLITS, SUBSET_FRACTIONS, EmbeddedClassSpec, ensure_embedded
 
 __all__ = ["CLASSIFICATION_DATASETS", "IMAGENET_SUBSETS", "EmbeddedClassSpec", "ClassificationSplit",
-           "classification_split", "load_imagenet", "load_places205", "load_inat18"]
+           "check_classification_split", "classification_split", "load_imagenet", "load_places205", "load_inat18"]
 
 CLASSIFICATION_DATASETS = ("imagenet", "places205", "inat18")
 IMAGENET_SUBSETS = tuple(SUBSET_FRACTIONS)  # SimCLR's subset file names: "1percent", "10percent"
@@ -70,11 +70,16 @@ def _imagenet_layout(root: Path) -> str:
             f"its class the prefix before the last '_' (n01440764_10026.JPEG)")
 
 
-def _subset_rows(root: Path, folders: ClassFolders, subset: str) -> np.ndarray:
-    """Indices into the train split of the images a subset file names, in train order."""
+def _subset_file(root: Path, subset: str) -> Path:
     file = root / "imagenet_subsets" / f"{subset}.txt"
     if not file.is_file():
         raise DatasetLayoutError(f"ImageNet subset {subset}: {file} does not exist; {_imagenet_layout(root)}")
+    return file
+
+
+def _subset_rows(root: Path, folders: ClassFolders, subset: str) -> np.ndarray:
+    """Indices into the train split of the images a subset file names, in train order."""
+    file = _subset_file(root, subset)
     names = [line.strip() for line in file.read_text().splitlines() if line.strip()]
     if not names:
         raise DatasetLayoutError(f"ImageNet subset {subset}: {file} is empty; {_imagenet_layout(root)}")
@@ -109,11 +114,8 @@ def _places_layout(root: Path) -> str:
             f"(or data/vision/torralba/deeplearning/images256/, as the archive unpacks)")
 
 
-def load_places205(root: Path, split: str) -> ClassificationSplit:
-    """`<root>/trainvalsplit_places205/<split>_places205.csv`; a class's name is its folder in the
-    relpath (`abbey`, `field/wild`), its index the label column, which must agree on every line and
-    run 0..C-1."""
-    root = Path(root)
+def _places_files(root: Path, split: str) -> tuple[Path, Path]:
+    """The split's list and the image folder."""
     csv = root / "trainvalsplit_places205" / f"{split}_places205.csv"
     if not csv.is_file():
         raise DatasetLayoutError(f"Places205 {split}: {csv} does not exist; {_places_layout(root)}")
@@ -121,6 +123,15 @@ def load_places205(root: Path, split: str) -> ClassificationSplit:
     if images is None:
         raise DatasetLayoutError(f"Places205: no image folder {root / _PLACES_IMAGES[0]} "
                                  f"(nor {root / _PLACES_IMAGES[1]}); {_places_layout(root)}")
+    return csv, images
+
+
+def load_places205(root: Path, split: str) -> ClassificationSplit:
+    """`<root>/trainvalsplit_places205/<split>_places205.csv`; a class's name is its folder in the
+    relpath (`abbey`, `field/wild`), its index the label column, which must agree on every line and
+    run 0..C-1."""
+    root = Path(root)
+    csv, images = _places_files(root, split)
     relpaths, labels = [], []
     name_of: dict[int, tuple[str, int]] = {}  # label -> (class, first line giving it)
     label_of: dict[str, tuple[int, int]] = {}  # class -> (label, first line giving it)
@@ -180,13 +191,18 @@ def _entries(data: dict, key: str, fields: tuple[str, ...], file: Path, root: Pa
     return entries
 
 
+def _inat_file(root: Path, split: str) -> Path:
+    file = root / f"{split}2018.json"
+    if not file.is_file():
+        raise DatasetLayoutError(f"iNat18 {split}: {file} does not exist; {_inat_layout(root)}")
+    return file
+
+
 def load_inat18(root: Path, split: str) -> ClassificationSplit:
     """`<root>/<split>2018.json`; images in the file's order, one annotation each; classes are the
     categories list's (the union: a split may lack some) in sorted id order."""
     root = Path(root)
-    file = root / f"{split}2018.json"
-    if not file.is_file():
-        raise DatasetLayoutError(f"iNat18 {split}: {file} does not exist; {_inat_layout(root)}")
+    file = _inat_file(root, split)
     try:
         data = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -227,12 +243,10 @@ def load_inat18(root: Path, split: str) -> ClassificationSplit:
 
 # --- the entry point ---
 
-def classification_split(data: DataConfig, embedded: EmbeddedClassSpec, workdir: Path, dataset: str, split: str,
-                         subset: str | None = None) -> ClassificationSplit:
-    """dataset in CLASSIFICATION_DATASETS; split in ("train", "val"); subset (imagenet train only) in
-    IMAGENET_SUBSETS. data.source == "synth": generate (once, cached) the embedded set `dataset` under
-    workdir/"data" and read it with the real loader. data.source == dataset: read real data at
-    real_root(data) (data.root or the dataset's environment variable). Anything else: ValueError."""
+def check_classification_split(data: DataConfig, dataset: str, split: str, subset: str | None = None) -> Path | None:
+    """The arguments of `classification_split` checked, and for real data the files and folders its
+    loader starts from (no image is listed or read): returns the real data's root; None for the
+    embedded set, which is generated on first use."""
     if dataset not in CLASSIFICATION_DATASETS:
         raise ValueError(f"unknown classification dataset {dataset!r}; expected one of {CLASSIFICATION_DATASETS}")
     if split not in SPLITS:
@@ -241,13 +255,34 @@ def classification_split(data: DataConfig, embedded: EmbeddedClassSpec, workdir:
         raise ValueError(f"subset {subset!r} of {dataset} {split}: subsets are of imagenet train only, one of "
                          f"{IMAGENET_SUBSETS}")
     if data.source == "synth":
-        root = ensure_embedded(dataset, data.synth, embedded, Path(workdir) / "data", workers=os.cpu_count() or 1)
-        prefix = root.name  # synth-<spec digest>-<dataset>-<embedded digest>
-    elif data.source == dataset:
-        root, prefix = real_root(data), dataset
-    else:
+        return None
+    if data.source != dataset:
         raise ValueError(f"data.source '{data.source}' cannot provide {dataset}; expected 'synth' (the embedded set) "
                          f"or '{dataset}' (real data at data.root or ${ENV_VARS[dataset]})")
+    root = real_root(data)
+    if dataset == "imagenet":
+        class_names(root, split)
+        if subset is not None:
+            _subset_file(root, subset)
+    elif dataset == "places205":
+        _places_files(root, split)
+    else:
+        _inat_file(root, split)
+    return root
+
+
+def classification_split(data: DataConfig, embedded: EmbeddedClassSpec, workdir: Path, dataset: str, split: str,
+                         subset: str | None = None) -> ClassificationSplit:
+    """dataset in CLASSIFICATION_DATASETS; split in ("train", "val"); subset (imagenet train only) in
+    IMAGENET_SUBSETS. data.source == "synth": generate (once, cached) the embedded set `dataset` under
+    workdir/"data" and read it with the real loader. data.source == dataset: read real data at
+    real_root(data) (data.root or the dataset's environment variable). Anything else: ValueError."""
+    root = check_classification_split(data, dataset, split, subset)
+    if root is None:
+        root = ensure_embedded(dataset, data.synth, embedded, Path(workdir) / "data", workers=os.cpu_count() or 1)
+        prefix = root.name  # synth-<spec digest>-<dataset>-<embedded digest>
+    else:
+        prefix = dataset
     loaded = (load_imagenet(root, split, subset) if dataset == "imagenet" else
               load_places205(root, split) if dataset == "places205" else load_inat18(root, split))
     return replace(loaded, key="-".join([prefix, split] + ([subset] if subset else [])))

@@ -35,6 +35,16 @@ def _layout(root: Path, split: str) -> str:
             f"    annotations/\n      {_annotation_name(split)}")
 
 
+def check_layout(root: Path, split: str, ann_file: Path | None = None) -> Path:
+    """The annotation file of a split (`ann_file`, else its standard path) once it and the split's
+    image folder are there, without reading either; DatasetLayoutError names what is missing."""
+    ann_file = Path(ann_file) if ann_file else Path(root) / "annotations" / _annotation_name(split)
+    for path in (Path(root), Path(root) / split, ann_file):
+        if not path.exists():
+            raise DatasetLayoutError(f"COCO dataset: {path} does not exist; {_layout(Path(root), split)}")
+    return ann_file
+
+
 class CocoDataset:
     """One COCO split: `<root>/<split>/*.jpg` and `<root>/annotations/instances_<split>.json`
     (`image_info_unlabeled2017.json` for unlabeled2017, which has no annotations).
@@ -43,12 +53,7 @@ class CocoDataset:
     def __init__(self, root: Path, split: str = "train2017", ann_file: Path | None = None):
         self.root, self.split = Path(root), split
         image_dir = self.root / split
-        default_ann = self.root / "annotations" / _annotation_name(split)
-        self.ann_file = Path(ann_file) if ann_file else default_ann
-        for path in (self.root, image_dir, self.ann_file):
-            if not path.exists():
-                raise DatasetLayoutError(f"COCO dataset: {path} does not exist; "
-                                         f"{_layout(self.root, split)}")
+        self.ann_file = check_layout(self.root, split, ann_file)
         try:
             data = json.loads(self.ann_file.read_text())
             self.images = [CocoImage(int(im["id"]), im["file_name"], image_dir / im["file_name"],

@@ -21,14 +21,19 @@ from orl_bench.data.class_folders import IMAGE_SUFFIXES
 from orl_bench.data.images import DatasetLayoutError, UnreadableImageError, read_rgb
 
 
+def check_root(root: Path) -> None:
+    """DatasetLayoutError unless `root` is a folder (its images are listed only when it is read)."""
+    if not Path(root).is_dir():
+        raise DatasetLayoutError(f"data.source=folder: {root} does not exist or is not a folder; "
+                                 f"expected a folder of images ({', '.join(IMAGE_SUFFIXES)}), at any depth")
+
+
 class UnlabeledFolder:
     """`paths` (sorted by relative path) and `key` ("folder-<digest>") of the images under `root`."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise DatasetLayoutError(f"data.source=folder: {self.root} does not exist or is not a folder; "
-                                     f"expected a folder of images ({', '.join(IMAGE_SUFFIXES)}), at any depth")
+        check_root(self.root)
         found = sorted((p.relative_to(self.root).as_posix(), p) for p in self.root.rglob("*")
                        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not found:

@@ -14,12 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from orl_bench.config import DataConfig
-from orl_bench.data.class_folders import ClassFolders
+from orl_bench.data.class_folders import ClassFolders, class_names
 from orl_bench.data.coco import CocoDataset
+from orl_bench.data.coco import check_layout as check_coco_layout
 from orl_bench.data.folder import UnlabeledFolder
+from orl_bench.data.folder import check_root as check_folder_root
 from orl_bench.data.images import DatasetLayoutError
 from orl_bench.data.synth import ensure_synth
 from orl_bench.data.voc import VOC2007
+from orl_bench.data.voc import check_layout as check_voc_layout
 
 ENV_VARS = {"coco": "ORL_BENCH_COCO", "coco_plus": "ORL_BENCH_COCO", "voc2007": "ORL_BENCH_VOC2007",
             "imagenet": "ORL_BENCH_IMAGENET", "places205": "ORL_BENCH_PLACES205", "inat18": "ORL_BENCH_INAT18"}
@@ -54,9 +57,28 @@ def real_root(cfg: DataConfig) -> Path:
     return Path(root).expanduser()
 
 
-def pretrain_images(cfg: DataConfig, workdir: Path) -> ImageList:
+def coco_splits(source: str) -> list[str]:
+    """The COCO splits a scene source pretrains on: COCO+ is train2017 + unlabeled2017."""
+    return ["train2017"] + (["unlabeled2017"] if source == "coco_plus" else [])
+
+
+def check_pretrain_images(cfg: DataConfig) -> None:
+    """What `pretrain_images` needs, checked without listing or reading an image: a source to
+    pretrain on and, for real data, its root in the layout its reader expects (DatasetLayoutError
+    otherwise). The embedded scenes need nothing: they are generated on first use."""
     if cfg.source not in PRETRAIN_SOURCES:
         raise ValueError(f"data.source '{cfg.source}' cannot be pretrained on; expected one of {PRETRAIN_SOURCES}")
+    if cfg.source == "imagenet":
+        class_names(real_root(cfg), "train")
+    elif cfg.source == "folder":
+        check_folder_root(real_root(cfg))
+    elif cfg.source != "synth":
+        for split in coco_splits(cfg.source):
+            check_coco_layout(real_root(cfg), split)
+
+
+def pretrain_images(cfg: DataConfig, workdir: Path) -> ImageList:
+    check_pretrain_images(cfg)
     if cfg.source == "imagenet":  # the train split's class folders
         folders = ClassFolders(real_root(cfg), "train")
         return ImageList(folders.paths, "imagenet-train", [], folders.targets)
@@ -67,17 +89,23 @@ def pretrain_images(cfg: DataConfig, workdir: Path) -> ImageList:
         sets = [CocoDataset(synth_root(cfg, workdir) / "coco", "train2017")]
         key = f"synth-{cfg.synth.digest()}-train2017"
     else:
-        root = real_root(cfg)
-        splits = ["train2017"] + (["unlabeled2017"] if cfg.source == "coco_plus" else [])
-        sets = [CocoDataset(root, split) for split in splits]
+        sets = [CocoDataset(real_root(cfg), split) for split in coco_splits(cfg.source)]
         key = cfg.source
     return ImageList([im.path for s in sets for im in s.images], key, sets)
 
 
-def voc07(cfg: DataConfig, workdir: Path, split: str) -> tuple[VOC2007, str]:
-    """The VOC07 split and its cache key."""
+def check_voc07(cfg: DataConfig, split: str) -> None:
+    """What `voc07` needs, checked without reading the split: a VOC07 source and, for real data, the
+    files and folders the split is read from (DatasetLayoutError otherwise)."""
     if cfg.source not in VOC_SOURCES:
         raise ValueError(f"data.source '{cfg.source}' is not a VOC07 source; expected one of {VOC_SOURCES}")
+    if cfg.source != "synth":
+        check_voc_layout(real_root(cfg), split)
+
+
+def voc07(cfg: DataConfig, workdir: Path, split: str) -> tuple[VOC2007, str]:
+    """The VOC07 split and its cache key."""
+    check_voc07(cfg, split)
     if cfg.source == "synth":
         return VOC2007(synth_root(cfg, workdir) / "VOCdevkit", split), f"synth-{cfg.synth.digest()}-voc07-{split}"
     return VOC2007(real_root(cfg), split), f"voc2007-{split}"

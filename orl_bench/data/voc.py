@@ -33,6 +33,18 @@ def _resolve(root: Path) -> Path:
     raise DatasetLayoutError(f"VOC2007 dataset not found under {root}; {_LAYOUT}")
 
 
+def check_layout(root: Path, split: str) -> Path:
+    """The VOC2007 folder under `root` once what reading `split` needs is there (its id list,
+    Annotations/, JPEGImages/), without reading any of it; DatasetLayoutError names what is missing."""
+    if split not in SPLITS:
+        raise ValueError(f"VOC2007 split must be one of {SPLITS}, got {split!r}")
+    voc = _resolve(Path(root))
+    for path in (voc / "ImageSets" / "Main" / f"{split}.txt", voc / "Annotations", voc / "JPEGImages"):
+        if not path.exists():
+            raise DatasetLayoutError(f"VOC2007 dataset: {path} does not exist; {_LAYOUT}")
+    return voc
+
+
 def _parse(xml: Path) -> list[VocObject]:
     try:
         objects = []
@@ -61,14 +73,9 @@ class VOC2007:
     """
 
     def __init__(self, root: Path, split: str):
-        if split not in SPLITS:
-            raise ValueError(f"VOC2007 split must be one of {SPLITS}, got {split!r}")
-        self.root = _resolve(Path(root))
+        self.root = check_layout(root, split)
         self.split = split
         main = self.root / "ImageSets" / "Main"
-        for path in (main / f"{split}.txt", self.root / "Annotations", self.root / "JPEGImages"):
-            if not path.exists():
-                raise DatasetLayoutError(f"VOC2007 dataset: {path} does not exist; {_LAYOUT}")
         self.ids = sorted(line.strip() for line in (main / f"{split}.txt").read_text().splitlines()
                           if line.strip())
         self.paths = [self.root / "JPEGImages" / f"{i}.jpg" for i in self.ids]

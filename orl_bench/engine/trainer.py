@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from orl_bench.config import ConfigError, PretrainConfig, config_hash
 from orl_bench.data.batched_views import DecodedViews
 from orl_bench.data.pretrain_dataset import EpochSampler, collate_skipping_unreadable
+from orl_bench.engine import rehearsal
 from orl_bench.engine.checkpoint import TRAIN_STATE, export_artifact, load_train_state, save_torch, write_config
 from orl_bench.engine.distributed import DistInfo, all_reduce_mean, barrier
 from orl_bench.engine.optim import build_optimizer, lr_at, scaled_lr, set_lr
@@ -98,8 +99,15 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
     """Train (or resume) `cfg`'s method on `image_paths` (with the earlier stages' `inputs`);
     export the artifact (`manifest_extra` joins its manifest, `run_extra` its run.json sidecar);
     return its manifest. `monitor(backbone)` runs on rank 0 every `train.monitor_every_epochs`
-    epochs and its values are logged under the `monitor` group."""
-    artifact_dir = Path(artifact_dir)
+    epochs and its values are logged under the `monitor` group. A rehearsal measures it as one
+    section and may stop it early (engine/rehearsal.py); the manifest then says where."""
+    with rehearsal.section(f"pretrain {cfg.method['name']}"):
+        return _pretrain(cfg, Path(artifact_dir), image_paths, manifest_extra, info, inputs, run_extra, monitor)
+
+
+def _pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], manifest_extra: dict[str, Any],
+              info: DistInfo, inputs: Mapping[str, Path] | None, run_extra: dict[str, Any] | None,
+              monitor: Callable[[nn.Module], dict[str, float]] | None) -> dict[str, Any]:
     t = cfg.train
     if t.batch_size % info.world_size:
         raise ValueError(f"train.batch_size {t.batch_size} is not divisible by the world size {info.world_size}")
@@ -186,7 +194,8 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
-                method.after_step(Progress(step, max_steps, epoch))
+                # the Progress of the step just taken (0-based), as OpenSelfSup's BYOLHook indexes its momentum
+                method.after_step(progress)
                 log.tick()
                 if step % t.log_every_steps == 0 or step == max_steps:
                     now = time.perf_counter()
@@ -202,6 +211,10 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
                         log.scalars(step, group="monitor", epoch=step // spe, **monitor(method.backbone))
                     barrier(info)
                 fault_point("train.step")
+                if rehearsal.step_done(sampler.batch_size):
+                    break
+            if rehearsal.spent():
+                break
     checkpoint()
     wall = time.perf_counter() - start_time
     log.close()
@@ -212,7 +225,8 @@ def pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], m
                 "sync_bn": info.distributed and cfg.train.sync_bn,
                 "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
                 "channels_last": t.channels_last, "augment": t.augment, "torch": torch.__version__,
-                **({"compile": True} if t.compile else {})}
+                **({"compile": True} if t.compile else {}),
+                **({"rehearsal_stopped_at_step": step} if step < max_steps else {})}
     if hasattr(dataset, "fallbacks"):  # counts of samples a dataset had to make up (e.g. ORL's)
         manifest["dataset_fallbacks"] = dataset.fallbacks
     run_info = {**(run_extra or {}), "finished": now_iso(), "device": device_name(info.device),

@@ -76,13 +76,19 @@ class Method(nn.Module):
         return {}, {}
 
     @classmethod
+    def earlier_stages(cls, cfg: PretrainConfig) -> list[tuple[str, str]]:
+        """(method, recipe) of each earlier pretraining stage `build_inputs` loads with
+        `ctx.config`, so that a run checks their recipes and data before any work."""
+        return []
+
+    @classmethod
     def variant(cls, cfg: PretrainConfig) -> dict[str, Any]:
         """The run's settings among the paper's ablation keys (results.paper.VARIANT_KEYS),
         recorded with every result so Table 5 rows find their paper numbers."""
         return {}
 
     def build_backbone(self) -> ResNet:
-        return build_backbone(self.cfg.model.arch, self.cfg.model.width)
+        return build_backbone(self.cfg.model.arch, self.cfg.model.width, self.cfg.model.conv_init)
 
     def view_specs(self) -> list[ViewSpec] | None:
         """The views as (recipe, which) pairs when each is a plain augmented crop of the image
@@ -118,11 +124,15 @@ class Method(nn.Module):
         return self.training_step(batch, progress)
 
     def after_step(self, progress: Progress) -> None:
-        """Called after every optimizer step (EMA updates live here)."""
+        """Called after every optimizer step (EMA updates live here) with the Progress of that
+        step, the one its training_step got: `progress.step` is its 0-based index (the steps done
+        before it), so the first update sees step 0."""
 
 
 def momentum_at(base: float, progress: Progress) -> float:
-    """BYOL's schedule: tau = 1 - (1 - base) * (cos(pi * step / max_steps) + 1) / 2."""
+    """BYOL's schedule: tau = 1 - (1 - base) * (cos(pi * step / max_steps) + 1) / 2, with `step`
+    the 0-based index of the update (OpenSelfSup's BYOLHook: runner.iter before the step), so the
+    first EMA update uses `base` exactly."""
     return 1 - (1 - base) * (math.cos(math.pi * progress.step / progress.max_steps) + 1) / 2
 
 

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv
 
+from orl_bench.config import CONV_INITS
+
 ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {
     "resnet18": (tv.BasicBlock, [2, 2, 2, 2]),
     "resnet34": (tv.BasicBlock, [3, 4, 6, 3]),
@@ -22,10 +24,12 @@ class ResNet(tv.ResNet):
     """torchvision's ResNet with the stem width as a parameter (64 is torchvision's network).
 
     torchvision hard-codes 64 channels, so the constructor is restated here with the stage widths
-    scaled; blocks, `_make_layer`, initialisation and forward are torchvision's own.
+    scaled; blocks, `_make_layer` and forward are torchvision's own. The initialisation is too
+    with `conv_init="fan_out"`; "fan_in" is OpenSelfSup's (the official ORL code): Kaiming normal
+    over each convolution's fan-in instead of its fan-out, BN weight 1 and bias 0 in both.
     """
 
-    def __init__(self, block: type[nn.Module], layers: list[int], width: int = 64):
+    def __init__(self, block: type[nn.Module], layers: list[int], width: int = 64, conv_init: str = "fan_out"):
         nn.Module.__init__(self)
         self._norm_layer = nn.BatchNorm2d
         self.inplanes, self.dilation, self.groups, self.base_width = width, 1, 1, 64
@@ -42,7 +46,7 @@ class ResNet(tv.ResNet):
         self.num_features = width * 8 * block.expansion
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode=conv_init, nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -63,10 +67,14 @@ class ResNet(tv.ResNet):
         return out
 
 
-def build_backbone(arch: str, width: int = 64) -> ResNet:
+def build_backbone(arch: str, width: int = 64, conv_init: str = "fan_out") -> ResNet:
+    """A freshly initialised backbone; `conv_init` is `model.conv_init` (weights loaded over it
+    make it irrelevant, hence the default for checkpoints and artifacts)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch '{arch}'; expected one of {', '.join(ARCHS)}")
     if width < 8 or width % 8:
         raise ValueError(f"width must be a positive multiple of 8 (64 = torchvision), got {width}")
+    if conv_init not in CONV_INITS:
+        raise ValueError(f"unknown conv_init '{conv_init}'; expected one of {', '.join(CONV_INITS)}")
     block, layers = ARCHS[arch]
-    return ResNet(block, layers, width)
+    return ResNet(block, layers, width, conv_init)

@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from orl_bench import pipeline
-from orl_bench.config import ConfigError, PretrainConfig, config_hash
+from orl_bench.config import ConfigError, PretrainConfig, TaskConfig, config_hash
 from orl_bench.data.sources import CONTENT_KEYED_SOURCES
 from orl_bench.engine.checkpoint import MANIFEST, is_complete, read_manifest, read_run_info
 from orl_bench.engine.distributed import DistInfo
@@ -100,8 +100,22 @@ def plan_rows(table: PaperTable, scale: str, ref: PaperReference, pre_data: list
     return rows
 
 
+def table_tasks(table: PaperTable) -> list[str]:
+    return sorted({c.task for c in table.columns})
+
+
+def task_config(task: str, recipe: str, task_data: dict[str, list[str]]) -> TaskConfig:
+    """The benchmark config the runs of pretraining recipe `recipe` are evaluated with."""
+    return pipeline.load_task_config(task, pipeline.benchmark_recipe(recipe), task_data.get(task, []))
+
+
 def task_recipe_hash(task: str, recipe: str, task_data: dict[str, list[str]]) -> str:
-    return config_hash(pipeline.load_task_config(task, pipeline.benchmark_recipe(recipe), task_data.get(task, [])))
+    return config_hash(task_config(task, recipe, task_data))
+
+
+def seeded(pre_data: list[str], seed: int) -> list[str]:
+    """The pretraining overrides of a row's run with `seed`."""
+    return [*pre_data, f"train.seed={seed}"]
 
 
 def fill(table: PaperTable, rows: list[RowPlan], records: list[dict[str, Any]], seeds: int,
@@ -187,6 +201,39 @@ def _stored(records: list[dict[str, Any]], row: RowPlan, seed: int, task: str, t
                and r.get("seed") == seed and r.get("task_config_hash") == task_hash for r in records)
 
 
+def missing_runs(rows: list[RowPlan], tasks: list[str], seeds: int, records: list[dict[str, Any]],
+                 task_data: dict[str, list[str]]) -> list[tuple[RowPlan, int, list[str]]]:
+    """(row, seed, tasks) for each row and seed with tasks that have no records under the benchmark
+    config that runs now: what `build` pretrains (or reuses) and evaluates."""
+    runs = []
+    for row in rows:
+        for seed in range(seeds if row.recipe else 0):
+            todo = [t for t in tasks if not _stored(records, row, seed, t, task_recipe_hash(t, row.recipe, task_data))]
+            if todo:
+                runs.append((row, seed, todo))
+    return runs
+
+
+def planned_configs(plans: list[tuple[PaperTable, list[RowPlan]]], seeds: int, pre_data: list[str],
+                    task_data: dict[str, list[str]], records: list[dict[str, Any]]
+                    ) -> tuple[list[tuple[PretrainConfig, list[str]]], list[TaskConfig]]:
+    """What building the tables of `plans` runs: the pretraining config of each (method, recipe)
+    with its overrides, and each benchmark config, once (seeds change neither's recipe nor data)."""
+    pretraining: dict[tuple[str, str], tuple[PretrainConfig, list[str]]] = {}
+    benchmarks: dict[tuple[str, str], TaskConfig] = {}
+    for table, rows in plans:
+        for row, seed, todo in missing_runs(rows, table_tasks(table), seeds, records, task_data):
+            if (row.method, row.recipe) not in pretraining:
+                overrides = seeded(pre_data, seed)
+                pretraining[row.method, row.recipe] = (
+                    pipeline.load_pretrain_config(row.method, row.recipe, overrides), overrides)
+            for task in todo:
+                benchmark = (task, pipeline.benchmark_recipe(row.recipe))
+                if benchmark not in benchmarks:
+                    benchmarks[benchmark] = task_config(task, row.recipe, task_data)
+    return list(pretraining.values()), list(benchmarks.values())
+
+
 def build(rows: list[RowPlan], tasks: list[str], seeds: int, workdir: Path, pre_data: list[str],
           task_data: dict[str, list[str]], info: DistInfo, records: list[dict[str, Any]], dry_run: bool,
           say: Callable[[str], None]) -> Built:
@@ -195,28 +242,25 @@ def build(rows: list[RowPlan], tasks: list[str], seeds: int, workdir: Path, pre_
     pretrains and runs the distributed tasks (Mask R-CNN); the others run on rank 0 after them,
     so no process waits for another's single-process evaluation inside a collective."""
     built, runs = Built(), []
-    for row in rows:
-        for seed in range(seeds if row.recipe else 0):
-            todo = [t for t in tasks if not _stored(records, row, seed, t, task_recipe_hash(t, row.recipe, task_data))]
-            if todo and dry_run:
-                stored = stored_artifact(pipeline.load_pretrain_config(row.method, row.recipe,
-                                                                       [*pre_data, f"train.seed={seed}"]), workdir)
-                say(f"would build: {row.method} [{row.recipe}] seed {seed}: "
-                    + (f"reuse {stored.name}" if stored else "pretrain (or reuse its artifact)")
-                    + f", then evaluate {', '.join(todo)}; {estimate(workdir, records, row, todo, stored is None)}")
-            elif todo:
-                overrides = [*pre_data, f"train.seed={seed}"]
-                cfg = pipeline.load_pretrain_config(row.method, row.recipe, overrides)
-                folder, timings = pipeline.ensure_pretrained(cfg, row.recipe, workdir, info, overrides)
-                built.pretrained += not timings.get("pretrain_reused", False)
-                runs.append((row, seed, cfg, folder, todo))
+    for row, seed, todo in missing_runs(rows, tasks, seeds, records, task_data):
+        overrides = seeded(pre_data, seed)
+        cfg = pipeline.load_pretrain_config(row.method, row.recipe, overrides)
+        if dry_run:
+            stored = stored_artifact(cfg, workdir)
+            say(f"would build: {row.method} [{row.recipe}] seed {seed}: "
+                + (f"reuse {stored.name}" if stored else "pretrain (or reuse its artifact)")
+                + f", then evaluate {', '.join(todo)}; {estimate(workdir, records, row, todo, stored is None)}")
+        else:
+            folder, timings = pipeline.ensure_pretrained(cfg, row.recipe, workdir, info, overrides)
+            built.pretrained += not timings.get("pretrain_reused", False)
+            runs.append((row, seed, cfg, folder, todo))
     for distributed in (True, False):
         if not (distributed or info.is_main):
             break
         for row, seed, cfg, folder, todo in runs:
             ref, extra = pipeline.artifact_ref(folder), pipeline.record_fields(cfg, folder)
             for task in (t for t in todo if TASKS.get(t).distributed == distributed):
-                task_cfg = pipeline.load_task_config(task, pipeline.benchmark_recipe(row.recipe), task_data.get(task, []))
+                task_cfg = task_config(task, row.recipe, task_data)
                 _, reused = pipeline.evaluate(task_cfg, ref, workdir, info.device, extra, info)
                 built.evaluated += not reused
                 say(f"{'reused' if reused else 'evaluated'}: {row.method} [{row.recipe}] seed {seed} on {task}")

@@ -33,6 +33,9 @@ class Task:
     # True for a task that runs on every torchrun process (it shards its own work and returns the
     # records on rank 0); the others run on rank 0 alone.
     distributed: ClassVar[bool] = False
+    # whether the task reads the backbone through `features.layers` (taps and pooling); a
+    # rehearsal checks their dimensions against the protocol's
+    reads_feature_layers: ClassVar[bool] = True
 
     def __init__(self, cfg: TaskConfig, workdir: Path, device: torch.device, info: DistInfo | None = None):
         self.cfg = cfg
@@ -40,6 +43,11 @@ class Task:
         self.device = device
         self.info = info or DistInfo(0, 1, 0, device)
         self.params = from_dict(self.Params, cfg.params, "params")
+
+    def check_data(self) -> None:
+        """Raise DatasetLayoutError where the real data this task reads is missing or not in its
+        reader's layout. Cheap (no image is read, nothing is generated), so that a run checks it
+        before pretraining; the embedded data needs nothing, being generated on first use."""
 
     def evaluate(self, ref: BackboneRef) -> list[dict[str, Any]]:
         raise NotImplementedError

@@ -14,9 +14,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from orl_bench.config import config_hash, volatile
-from orl_bench.data.classification import ClassificationSplit, EmbeddedClassSpec, classification_split
+from orl_bench.data.classification import (ClassificationSplit, EmbeddedClassSpec, check_classification_split,
+                                           classification_split)
 from orl_bench.data.images import read_rgb
 from orl_bench.data.views import IMAGENET_MEAN, IMAGENET_STD
+from orl_bench.engine import rehearsal
 from orl_bench.engine.checkpoint import load_train_state, save_torch
 from orl_bench.engine.trainer import seed_globals
 from orl_bench.faults import fault_point
@@ -111,8 +113,10 @@ class ClassificationParams:
 
 
 class ClassificationTask(Task):
-    """A task on one of the classification datasets (data/classification.py), `DATASET`."""
+    """A task on one of the classification datasets (data/classification.py), `DATASET`: its val
+    split and its train split, or the `SUBSET` of it."""
     DATASET = ""
+    SUBSET: str | None = None
 
     @property
     def dataset(self) -> str:
@@ -120,6 +124,10 @@ class ClassificationTask(Task):
 
     def split(self, split: str, subset: str | None = None) -> ClassificationSplit:
         return classification_split(self.cfg.data, self.params.embedded, self.workdir, self.dataset, split, subset)
+
+    def check_data(self) -> None:
+        check_classification_split(self.cfg.data, self.dataset, "train", self.SUBSET)
+        check_classification_split(self.cfg.data, self.dataset, "val")
 
     def state_path(self, artifact_sha: str, run: str = "") -> Path:
         """Where a resumable evaluation of backbone `artifact_sha` under this task config keeps its state."""
@@ -142,7 +150,8 @@ def run_epochs(state_path: Path, modules: dict[str, nn.Module], optimizer: torch
     """Resumable epoch loop: after every epoch the modules, optimizer, scheduler and the mean
     losses so far are written atomically to `state_path`; a rerun continues after the last one
     written. Global generators are seeded from (seed, epoch), so a resumed run equals an
-    uninterrupted one. Returns each epoch's mean training loss."""
+    uninterrupted one. A rehearsal stops it once `train_epoch`'s steps spend its budget
+    (engine/rehearsal.py). Returns each epoch's mean training loss."""
     losses: list[float] = []
     start = 0
     if state_path.exists():
@@ -152,15 +161,18 @@ def run_epochs(state_path: Path, modules: dict[str, nn.Module], optimizer: torch
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         losses, start = state["losses"], state["epoch"]
-    for epoch in range(start, epochs):
-        seed_globals(seed, epoch)
-        loss = train_epoch(epoch)
-        if not np.isfinite(loss):
-            raise RuntimeError(f"the training loss is not finite in epoch {epoch + 1} of {epochs}; lower the lr")
-        losses.append(loss)
-        scheduler.step()
-        save_torch(state_path, {"modules": {n: m.state_dict() for n, m in modules.items()},
-                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                "losses": losses, "epoch": epoch + 1})
-        fault_point("eval.epoch")
+    with rehearsal.section("train"):
+        for epoch in range(start, epochs):
+            seed_globals(seed, epoch)
+            loss = train_epoch(epoch)
+            if not np.isfinite(loss):
+                raise RuntimeError(f"the training loss is not finite in epoch {epoch + 1} of {epochs}; lower the lr")
+            losses.append(loss)
+            scheduler.step()
+            save_torch(state_path, {"modules": {n: m.state_dict() for n, m in modules.items()},
+                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                    "losses": losses, "epoch": epoch + 1})
+            fault_point("eval.epoch")
+            if rehearsal.spent():
+                break
     return losses

@@ -27,10 +27,12 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from orl_bench.config import ConfigError, config_hash, volatile
+from orl_bench.config import ConfigError, check_fields, config_hash, volatile
 from orl_bench.data.coco import CocoDataset
+from orl_bench.data.coco import check_layout as check_coco_layout
 from orl_bench.data.sources import real_root, synth_root
 from orl_bench.data.views import IMAGENET_MEAN, IMAGENET_STD
+from orl_bench.engine import rehearsal
 from orl_bench.engine.checkpoint import CheckpointError, load_train_state, save_torch
 from orl_bench.engine.export import save_detectron2
 from orl_bench.engine.distributed import DistInfo, all_reduce_mean, barrier
@@ -90,6 +92,8 @@ class MaskRCNNParams:
     num_workers: int = volatile(2)
 
     def __post_init__(self) -> None:
+        check_fields(self, "params", ("iterations", self.iterations >= 1, ">= 1"),
+                     ("batch_size", self.batch_size >= 1, ">= 1"), ("base_lr", self.base_lr > 0, "> 0"))
         if self.backend not in BACKENDS:
             raise ValueError(f"params.backend must be one of {BACKENDS}, got '{self.backend}'")
         if self.box_head not in BOX_HEADS:
@@ -235,8 +239,10 @@ def fine_tune(model: nn.Module, data: InstanceImages, p: MaskRCNNParams, state_p
                                             "scaler": scaler.state_dict(), "iteration": iteration, "losses": losses})
                 barrier(info)
                 fault_point("detection.checkpoint")
-            if iteration == p.iterations:
+            if iteration == p.iterations or rehearsal.step_done(per_rank):
                 break
+        if rehearsal.spent():
+            break
         passes += 1
     log.close()
     return losses
@@ -279,14 +285,23 @@ def evaluate_detector(model: nn.Module, data: InstanceImages, p: MaskRCNNParams,
 class CocoMaskRCNN(Task):
     Params = MaskRCNNParams
     distributed = True
+    reads_feature_layers = False  # the whole backbone goes into the detector
+
+    def real_root(self) -> Path:
+        if self.cfg.data.source not in ("coco", "coco_plus"):
+            raise ValueError(f"coco_maskrcnn reads COCO instances: data.source must be synth or coco, "
+                             f"got {self.cfg.data.source}")
+        return real_root(self.cfg.data)
 
     def split(self, name: str) -> CocoDataset:
-        data = self.cfg.data
-        if data.source == "synth":
-            return CocoDataset(synth_root(data, self.workdir) / "coco", name)
-        if data.source in ("coco", "coco_plus"):
-            return CocoDataset(real_root(data), name)
-        raise ValueError(f"coco_maskrcnn reads COCO instances: data.source must be synth or coco, got {data.source}")
+        if self.cfg.data.source == "synth":
+            return CocoDataset(synth_root(self.cfg.data, self.workdir) / "coco", name)
+        return CocoDataset(self.real_root(), name)
+
+    def check_data(self) -> None:
+        if self.cfg.data.source != "synth":
+            for name in (self.params.train_split, self.params.val_split):
+                check_coco_layout(self.real_root(), name)
 
     def evaluate(self, ref: BackboneRef) -> list[dict[str, Any]]:
         p: MaskRCNNParams = self.params
@@ -310,7 +325,8 @@ class CocoMaskRCNN(Task):
             model = build_maskrcnn(ref.backbone, len(train.categories), p)
             load_backbone_strict(model, ref.backbone.state_dict())
             model = prepare_for(model, p, self.info)
-            losses = fine_tune(model, InstanceImages(train, flip_seed=p.seed), p, run_dir / "state.pt", self.info)
+            with rehearsal.section("train"):
+                losses = fine_tune(model, InstanceImages(train, flip_seed=p.seed), p, run_dir / "state.pt", self.info)
             ap = evaluate_detector(model, InstanceImages(val), p, self.info)
             if ap is None:  # not rank 0
                 return []

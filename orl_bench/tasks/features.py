@@ -31,6 +31,9 @@ POOLING = {
     "res5": (7, 6, 1, 0, 2),
 }
 LAYERS = tuple(POOLING) + ("res5_gap",)  # res5_gap: global average of res5 (2048-d on ResNet-50)
+# What the pooling gives ResNet-50 at 224 px: the protocol's feature dimensions (docs/protocols.md 5.1),
+# against which a rehearsal checks the taps of a paper-scale run.
+RESNET50_224_DIMS = {"conv1": 9216, "res2": 9216, "res3": 8192, "res4": 9216, "res5": 8192, "res5_gap": 2048}
 
 
 def pool(layer: str, fmap: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import faiss
 import numpy as np
 import torch
 
-from orl_bench.config import DataConfig, FeatureConfig
+from orl_bench.config import DataConfig, FeatureConfig, check_fields
 from orl_bench.data.classification import CLASSIFICATION_DATASETS, EmbeddedClassSpec, classification_split
 from orl_bench.models.backbones import ResNet
 from orl_bench.registry import TASKS
@@ -55,6 +55,7 @@ class KNNParams(ClassificationParams):
     temperature: float = 0.07
 
     def __post_init__(self) -> None:
+        check_fields(self, "params", ("k", self.k >= 1, ">= 1"), ("temperature", self.temperature > 0, "> 0"))
         if self.dataset not in CLASSIFICATION_DATASETS:
             raise ValueError(f"params.dataset must be one of {CLASSIFICATION_DATASETS}, got '{self.dataset}'")
 

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from orl_bench.config import check_fields
+from orl_bench.engine import rehearsal
 from orl_bench.models.backbones import ResNet
 from orl_bench.registry import TASKS
 from orl_bench.tasks.base import BackboneRef
@@ -62,6 +64,11 @@ class LinearParams(ClassificationParams):
     batch_size: int = 256
     jitter: bool = True  # ColorJitter + PCA lighting in training (ImageNet's recipe only)
 
+    def __post_init__(self) -> None:
+        check_fields(self, "params", ("epochs", self.epochs >= 1, ">= 1"), ("lr", self.lr > 0, "> 0"),
+                     ("batch_size", self.batch_size >= 1, ">= 1"))
+        self.schedule()  # its milestones must lie within the epochs: refused now, not after pretraining
+
     def schedule(self) -> Schedule:
         return Schedule(self.epochs, self.milestones, 0.1, self.batch_size, 0.9, nesterov=True)
 
@@ -102,6 +109,8 @@ def train_linear_heads(backbone: ResNet, heads: LayerHeads, loader_at: Callable[
             loss.backward()
             optimizer.step()
             total, count = total + loss.item() * len(targets), count + len(targets)
+            if rehearsal.step_done(len(targets)):
+                break
         return total / count / len(layers)
 
     return run_epochs(state_path, {"heads": heads}, optimizer, scheduler, schedule.epochs, seed, epoch)

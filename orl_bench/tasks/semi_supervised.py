@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from orl_bench.config import check_fields
+from orl_bench.engine import rehearsal
 from orl_bench.registry import TASKS
 from orl_bench.tasks.base import BackboneRef
 from orl_bench.tasks.classify import (ClassificationParams, ClassificationTask, Schedule, chance_record, run_epochs,
@@ -37,6 +39,12 @@ class SemiParams(ClassificationParams):
     head_lr_multiplier: float = 100.0  # head lr = backbone lr x this (the paper's head lr 1)
     weight_decay: float = 5e-4  # official config at 1% (the paper: 0)
     grid: bool = False  # the official 3 x 3 lr search, best on val
+
+    def __post_init__(self) -> None:
+        check_fields(self, "params", ("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                     ("backbone_lr", self.backbone_lr > 0, "> 0"),
+                     ("head_lr_multiplier", self.head_lr_multiplier > 0, "> 0"))
+        self.schedule()  # its milestones must lie within the epochs: refused now, not after pretraining
 
     def schedule(self) -> Schedule:
         return Schedule(self.epochs, self.milestones, 0.2, self.batch_size, 0.9)
@@ -61,7 +69,6 @@ class FineTuned(nn.Module):
 
 class SemiSupervised(ClassificationTask):
     DATASET = "imagenet"
-    SUBSET = ""
     Params = SemiParams
 
     def fine_tune(self, ref: BackboneRef, train, val, backbone_lr: float, multiplier: float) -> dict[str, Any]:
@@ -86,6 +93,8 @@ class SemiSupervised(ClassificationTask):
                 loss.backward()
                 optimizer.step()
                 total, count = total + loss.item() * len(targets), count + len(targets)
+                if rehearsal.step_done(len(targets)):
+                    break
             return total / count
 
         run = f"-lr{backbone_lr:g}-x{multiplier:g}" if p.grid else ""

@@ -12,7 +12,7 @@ from orl_bench.registry import TASKS
 from orl_bench.tasks.base import BackboneRef, Task
 from orl_bench.tasks.lowshot_svm import LOW_SHOT_PROTOCOLS, evaluate_low_shot
 from orl_bench.tasks.svm import OFFICIAL_COSTS, check_solver
-from orl_bench.tasks.voc07_svm import chance_record, voc07_splits
+from orl_bench.tasks.voc07_svm import chance_record, check_voc07_splits, voc07_splits
 
 PAPER_KS = (1, 2, 4, 8, 16, 32, 64, 96)
 PROTOCOL_TEXT = {
@@ -41,6 +41,9 @@ class VOC07LowShotParams:
 @TASKS.register("voc07_lowshot")
 class VOC07LowShot(Task):
     Params = VOC07LowShotParams
+
+    def check_data(self) -> None:
+        check_voc07_splits(self)
 
     def evaluate(self, ref: BackboneRef) -> list[dict[str, Any]]:
         p: VOC07LowShotParams = self.params

@@ -8,13 +8,16 @@ from typing import Any
 import numpy as np
 
 from orl_bench.config import volatile
-from orl_bench.data.sources import voc07
+from orl_bench.data.sources import check_voc07, voc07
 from orl_bench.data.voc import VOC2007
 from orl_bench.registry import TASKS
 from orl_bench.results.records import CHANCE
 from orl_bench.tasks.base import BackboneRef, Task
 from orl_bench.tasks.features import FeatureCache, Features
 from orl_bench.tasks.svm import OFFICIAL_COSTS, chance_ap, check_solver, evaluate_voc07, normalize_rows
+
+
+VOC07_SPLITS = ("trainval", "test")  # what the full and the low-shot SVM tasks read
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ def voc07_splits(task: Task, ref: BackboneRef) -> tuple[VOC07Split, VOC07Split, 
     name records carry; shared by the full and the low-shot SVM tasks."""
     cache = FeatureCache(task.workdir / "features")
     splits, key = {}, ""
-    for split in ("trainval", "test"):
+    for split in VOC07_SPLITS:
         voc, key = voc07(task.cfg.data, task.workdir, split)
         splits[split] = VOC07Split(voc, cache.get(ref.backbone, ref.sha256, key, voc.paths, task.cfg.features,
                                                   task.device))
@@ -55,6 +58,12 @@ def voc07_splits(task: Task, ref: BackboneRef) -> tuple[VOC07Split, VOC07Split, 
     if train.voc.classes != test.voc.classes:
         raise ValueError(f"trainval and test class lists differ: {train.voc.classes} vs {test.voc.classes}")
     return train, test, key.rsplit("-", 1)[0]
+
+
+def check_voc07_splits(task: Task) -> None:
+    """The data of `voc07_splits`, checked before any work (Task.check_data)."""
+    for split in VOC07_SPLITS:
+        check_voc07(task.cfg.data, split)
 
 
 def chance_record(test: VOC07Split, dataset: str) -> dict[str, Any]:
@@ -69,6 +78,9 @@ def chance_record(test: VOC07Split, dataset: str) -> dict[str, Any]:
 @TASKS.register("voc07_svm")
 class VOC07SVM(Task):
     Params = VOC07SVMParams
+
+    def check_data(self) -> None:
+        check_voc07_splits(self)
 
     def evaluate(self, ref: BackboneRef) -> list[dict[str, Any]]:
         train, test, dataset = voc07_splits(self, ref)

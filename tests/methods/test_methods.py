@@ -7,8 +7,9 @@ from safetensors.torch import load_file
 
 from orl_bench import pipeline
 from orl_bench.config import PretrainConfig, load_yaml_recipe, recipe_root
-from orl_bench.engine.checkpoint import load_backbone
+from orl_bench.engine.checkpoint import load_backbone, read_manifest
 from orl_bench.engine.distributed import DistInfo
+from orl_bench.methods import byol
 from orl_bench.methods.base import Progress, byol_loss, ema_update, momentum_at
 from orl_bench.registry import METHODS
 
@@ -65,6 +66,25 @@ def test_momentum_schedule_runs_from_base_to_one():
     assert momentum_at(0.99, Progress(0, 100, 0)) == pytest.approx(0.99)
     assert momentum_at(0.99, Progress(50, 100, 0)) == pytest.approx(0.995)
     assert momentum_at(0.99, Progress(100, 100, 0)) == pytest.approx(1.0)
+
+
+def test_each_ema_update_uses_the_momentum_of_the_step_just_taken(workdir, monkeypatch):
+    """As OpenSelfSup's BYOLHook: the update after step k (0-based, the steps done before it) uses
+    tau(k), so the first update uses the base momentum and the last tau(max_steps - 1) < 1."""
+    used, real = [], byol.ema_update
+
+    def recording(target, online, momentum):
+        used.append(momentum)
+        real(target, online, momentum)
+
+    monkeypatch.setattr(byol, "ema_update", recording)
+    cfg = tiny_config("byol")  # 4 steps
+    steps = read_manifest(pipeline.ensure_pretrained(cfg, "tiny", workdir, CPU)[0])["steps"]
+    base = cfg.method["base_momentum"]
+    assert len(used) == steps >= 3
+    for k in (0, 1, steps - 1):
+        assert used[k] == pytest.approx(1 - (1 - base) * (math.cos(math.pi * k / steps) + 1) / 2, rel=1e-12)
+    assert used[0] == base
 
 
 def test_ema_updates_parameters_but_not_buffers():

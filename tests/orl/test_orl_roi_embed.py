@@ -1,13 +1,16 @@
-"""RoI embeddings (docs/protocols.md 2.5): one backbone image per box, crops equal to a plain resize."""
+"""RoI embeddings (docs/protocols.md 2.5): one backbone image per box, crops equal to a plain resize,
+and the official per-box PIL crop as `roi_crop: pil`."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image
 
 from orl_bench.data.views import IMAGENET_MEAN, IMAGENET_STD
-from orl_bench.methods.orl.roi_embed import ForwardCounter, crop_rois, embed_crops
+from orl_bench.methods.orl.roi_embed import ForwardCounter, crop_rois, embed_crops, normalised, pil_crops
 from orl_bench.models.backbones import build_backbone
 
 SIZE = 64  # the embedded recipes' scale; the paper's 224 only costs time here
@@ -79,6 +82,31 @@ def test_box_is_close_to_crop_then_resize(backbone):
     resized = F.interpolate(crop[None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)
     cosine = float(out[0] @ reference(backbone, resized)[0])
     assert 0.999 < cosine < 1 - 1e-7
+
+
+def test_pil_crop_is_the_official_resized_crop():
+    """The official stage 2: torchvision's `resized_crop` of each box on the PIL image (PIL rounds
+    the corners), then ToTensor and Normalize."""
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8))
+    boxes = np.array([[10, 5, 40, 60], [0, 0, 130, 90], [5.5, 7.25, 33, 41]])
+    out = normalised(pil_crops(image, boxes, SIZE), torch.device("cpu"))
+    assert out.shape == (3, 3, SIZE, SIZE)
+    for (x, y, w, h), crop in zip(boxes.tolist(), out, strict=True):
+        official = TF.resized_crop(image, y, x, h, w, [SIZE, SIZE])
+        expected = TF.normalize(TF.to_tensor(official), IMAGENET_MEAN, IMAGENET_STD)
+        torch.testing.assert_close(crop, expected, rtol=0, atol=1e-6)
+
+
+def test_pil_and_roi_align_crops_are_close_on_a_smooth_image():
+    """They differ only in how each resamples (rounded corners, filter support): within a grey
+    level on a gradient, whether the box is enlarged or shrunk."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 96), torch.linspace(0, 1, 128), indexing="ij")
+    image = (255 * torch.stack([xx, yy, (xx + yy) / 2])).round().to(torch.uint8)
+    boxes = np.array([[10, 5, 40, 60], [0, 0, 128, 96], [30, 20, 90, 70], [64, 40, 20, 30]])
+    cpu = torch.device("cpu")
+    pil = normalised(pil_crops(Image.fromarray(image.permute(1, 2, 0).numpy()), boxes, SIZE), cpu)
+    diff = (crop_rois(image, boxes, SIZE, cpu) - pil).abs()
+    assert diff.mean() < 0.01 and diff.max() < 0.05  # normalised units: 0.01 is ~0.6 grey levels
 
 
 def test_bad_input(backbone):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from orl_bench import pipeline
+from orl_bench.config import config_hash, to_dict
 from orl_bench.data.images import read_rgb
 from orl_bench.data.sources import ImageList, pretrain_images
 from orl_bench.data.views import normalize
@@ -28,6 +29,7 @@ from orl_bench.methods.orl.boxes import filter_boxes, load_boxes, scaled
 from orl_bench.methods.orl.correspondence import (OFFICIAL_INFO_KEYS, Correspondences,
                                                   export_official, import_official)
 from orl_bench.methods.orl.proposals import ProposalStore
+from orl_bench.methods.orl.roi_embed import embed_crops, normalised, pil_crops
 from orl_bench.methods.orl.stage2 import ARTIFACT, TIMINGS, Stage2Params, discover, load_stage1, roi_path
 
 N = 24
@@ -222,6 +224,31 @@ def test_params_are_validated():
     assert {k: info[k] for k in OFFICIAL_INFO_KEYS} == {
         "bbox_min_size": 96.0, "bbox_max_aspect_ratio": 3.0, "bbox_max_iou": 0.5,
         "intra_bbox_num": 100, "knn_image_num": 10, "knn_bbox_pair_ratio": 0.1}
+
+
+def test_roi_crop_pil_embeds_the_official_crops_under_keys_of_its_own(setup, first_run, tmp_path):
+    """roi_crop came after stage-2 folders existed: at roi_align it is in no key, hash or artifact,
+    so those stay valid; pil is another folder and another ORL config, and embeds PIL crops."""
+    pil = replace(PARAMS, roi_crop="pil")
+    assert "roi_crop" not in to_dict(PARAMS, for_hash=True) and "roi_crop" not in PARAMS.info()
+    assert pil.info()["roi_crop"] == "pil" and stage2.folder_name("s", "i", pil) != stage2.folder_name("s", "i", PARAMS)
+    orl = pipeline.load_pretrain_config("orl", "default", [])
+    orl_pil = pipeline.load_pretrain_config("orl", "default", ["method.stage2.roi_crop=pil"])
+    assert "roi_crop" not in orl.method["stage2"] and orl_pil.method["stage2"]["roi_crop"] == "pil"
+    assert config_hash(orl_pil) != config_hash(orl)
+    assert pipeline.load_pretrain_config("orl", "paper", []).method["stage2"]["roi_crop"] == "pil"
+    with pytest.raises(ValueError, match="roi_crop must be one of roi_align, pil, got 'nearest'"):
+        Stage2Params(roi_crop="nearest")
+
+    stage1, images = setup
+    backbone = load_stage1(stage1).backbone
+    boxes = load_boxes(first_run / "boxes.npz")
+    stage2.embed_images(backbone, images.paths, boxes, [0, 1], tmp_path, pil)
+    for i in (0, 1):
+        expected = embed_crops(backbone, normalised(pil_crops(read_rgb(images.paths[i]), boxes[i], pil.roi_size),
+                                                    torch.device("cpu")))
+        assert len(expected) and not np.allclose(np.load(roi_path(first_run, i)), expected, atol=1e-4)  # roi_align's
+        np.testing.assert_allclose(np.load(roi_path(tmp_path, i)), expected, atol=1e-5)
 
 
 def test_batching_crops_across_images_does_not_change_embeddings(setup, first_run, tmp_path):

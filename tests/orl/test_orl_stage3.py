@@ -232,9 +232,10 @@ def test_a_step_moves_the_target_by_ema():
     orl = ORL(config())
     before = [p.clone() for p in orl.target.parameters()]
     optimizer = torch.optim.SGD(orl.parameters(), lr=0.1)
-    orl.training_step(random_batch(), Progress(0, 10, 0))["loss"].backward()
+    progress = Progress(0, 10, 0)
+    orl.training_step(random_batch(), progress)["loss"].backward()
     optimizer.step()
-    orl.after_step(Progress(1, 10, 0))
+    orl.after_step(progress)  # the trainer passes the Progress of the step just taken
     moved = [not torch.equal(a, b) for a, b in zip(before, orl.target.parameters(), strict=True)]
     assert any(moved)
     assert all(not p.requires_grad for p in orl.target.parameters())

@@ -29,6 +29,7 @@ import torch
 from orl_bench.config import ConfigError, PretrainConfig, config_hash
 from orl_bench.data.batched_views import DecodedViews, DeviceViews
 from orl_bench.data.views import ViewParams
+from orl_bench.engine import rehearsal
 from orl_bench.engine.checkpoint import read_manifest
 from orl_bench.methods.base import Progress, StageContext
 from orl_bench.methods.byol import BYOL
@@ -39,6 +40,7 @@ from orl_bench.models.heads import MLP
 from orl_bench.registry import METHODS
 
 BRANCHES = ("image", "intra", "inter")
+STAGE1_METHOD = "byol"  # stage 1 is a run of this method, at the recipe `method.stage1` names
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class ORL(BYOL):
     def build_inputs(cls, cfg: PretrainConfig, ctx: StageContext) -> tuple[dict[str, Path], dict[str, Any]]:
         """Stage 1 (BYOL) and stage 2 (correspondences), each built or reused."""
         p: ORLParams = cls.params_of(cfg)
-        stage1_cfg = ctx.config("byol", p.stage1)
+        stage1_cfg = ctx.config(STAGE1_METHOD, p.stage1)
         if config_hash(stage1_cfg.data) != config_hash(cfg.data):
             raise ConfigError(f"ORL stage 1 (byol recipe '{p.stage1}') must pretrain on the same images as "
                               f"stage 3: its data section is {stage1_cfg.data}, stage 3's is {cfg.data}")
@@ -104,11 +106,17 @@ class ORL(BYOL):
         t0 = time.perf_counter()
         done = (folder / ARTIFACT).exists()
         proposals = ctx.workdir / "artifacts" / f"proposals-{ctx.images.key}"  # shared by every stage 1, K, ratio
-        path = discover(stage1_dir, ctx.images.paths, ctx.images.coco or None, p.stage2, folder, ctx.info, proposals)
+        with rehearsal.section("correspondences", images=len(ctx.images.paths)):
+            path = discover(stage1_dir, ctx.images.paths, ctx.images.coco or None, p.stage2, folder, ctx.info,
+                            proposals)
         steps = folder / TIMINGS
         stage2 = {"stage2_s": round(time.perf_counter() - t0, 2), "stage2_reused": done,
                   "stage2_steps_s": json.loads(steps.read_text())["timings"] if steps.exists() else {}}
         return {"correspondences": path}, {"stage1": stage1_timings, **stage2}
+
+    @classmethod
+    def earlier_stages(cls, cfg: PretrainConfig) -> list[tuple[str, str]]:
+        return [(STAGE1_METHOD, cls.params_of(cfg).stage1)]
 
     @classmethod
     def variant(cls, cfg: PretrainConfig) -> dict[str, Any]:

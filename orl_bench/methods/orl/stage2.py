@@ -26,7 +26,7 @@ import functools
 import hashlib
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from orl_bench.config import PretrainConfig, config_hash, from_dict, to_dict, volatile
+from orl_bench.config import PretrainConfig, added_later, config_hash, from_dict, to_dict, volatile
 from orl_bench.data.coco import CocoDataset
 from orl_bench.data.images import UnreadableImageError, read_rgb
 from orl_bench.data.views import normalize
@@ -52,7 +52,7 @@ from orl_bench.methods.orl.correspondence import Correspondences
 from orl_bench.methods.orl.proposals import (check_inputs, gt_proposals, import_official_proposals, load_all,
                                              shared_proposals)
 from orl_bench.methods.orl.retrieval import knn, retrieve_pairs
-from orl_bench.methods.orl.roi_embed import ForwardCounter, crop_rois, embed_crops
+from orl_bench.methods.orl.roi_embed import ROI_CROPS, ForwardCounter, crop_rois, embed_crops, normalised, pil_crops
 from orl_bench.models.backbones import ResNet
 from orl_bench.registry import METHODS
 
@@ -71,7 +71,9 @@ class Stage2Params:
     """docs/protocols.md 2 defaults. `reference_short_side` > 0 scales `min_size` per image by
     short side / reference (the embedded 128 px scenes vs COCO's ~480); 0 keeps pixels as given.
     `box_source` is "selective_search", "gt" (Table 5d) or "official:<path>" (the authors'
-    proposals file). `workers` are CPU processes for selective search and image decoding."""
+    proposals file). `roi_crop` is how a RoI is cropped and resized (docs/protocols.md 2.5):
+    "roi_align" (batched) or "pil" (the official per-box PIL crop and resize). `workers` are CPU
+    processes for selective search and image decoding."""
     knn_k: int = 10
     pair_ratio: float = 0.1
     box_source: str = "selective_search"
@@ -84,6 +86,7 @@ class Stage2Params:
     embed_resize_short: int = 256
     embed_size: int = 224
     roi_size: int = 224
+    roi_crop: str = added_later("roi_align")  # added later: folders built before keep their keys
     batch_size: int = volatile(64)  # speed only (volatile): changing it reuses a folder
     workers: int = volatile(2)
 
@@ -93,6 +96,8 @@ class Stage2Params:
         if self.box_source not in ("selective_search", "gt") and not official:
             raise ValueError(f"box_source must be 'selective_search', 'gt' or "
                              f"'{OFFICIAL_PREFIX}<path>', got '{self.box_source}'")
+        if self.roi_crop not in ROI_CROPS:
+            raise ValueError(f"roi_crop must be one of {', '.join(ROI_CROPS)}, got '{self.roi_crop}'")
         counts = (self.knn_k, self.embed_resize_short, self.embed_size, self.roi_size,
                   self.batch_size, self.workers)
         if min(counts) < 1 or not 0 < self.pair_ratio <= 1 or self.reference_short_side < 0:
@@ -110,8 +115,9 @@ class Stage2Params:
         return scaled(self.box_filter, min(width, height), self.reference_short_side)
 
     def info(self) -> dict:
-        """Every parameter, the official ones under their official key names."""
-        return {OFFICIAL_NAMES.get(k, k): v for k, v in asdict(self).items()}
+        """Every parameter (but one added later and left at its default, so the artifact's bytes
+        stay the same), the official ones under their official key names."""
+        return {OFFICIAL_NAMES.get(k, k): v for k, v in to_dict(self, added_defaults=False).items()}
 
 
 def folder_name(stage1_sha256: str, images_key: str, params: Stage2Params) -> str:
@@ -196,17 +202,22 @@ def roi_path(out_dir: Path, i: int) -> Path:
 
 
 class _Pixels(Dataset):
-    """(position, uint8 CHW tensor) of the images at `positions`, decoded in loader workers."""
+    """(position, uint8 CHW tensor) of the images at `positions`, decoded in loader workers. With
+    roi_crop "pil" the workers crop too, box by box as the official loader does, and yield the
+    (B, 3, roi_size, roi_size) uint8 crops: that CPU work then runs beside the forwards."""
 
-    def __init__(self, paths: list[Path], positions: list[int]):
-        self.paths, self.positions = paths, positions
+    def __init__(self, paths: list[Path], positions: list[int], boxes: list[np.ndarray], p: Stage2Params):
+        self.paths, self.positions, self.boxes, self.p = paths, positions, boxes, p
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def __getitem__(self, k: int) -> tuple[int, torch.Tensor]:
         i = self.positions[k]
-        return i, v2.functional.pil_to_tensor(read_rgb(self.paths[i]))
+        image = read_rgb(self.paths[i])
+        if self.p.roi_crop == "pil":
+            return i, pil_crops(image, self.boxes[i], self.p.roi_size)
+        return i, v2.functional.pil_to_tensor(image)
 
 
 def embed_images(backbone: ResNet, paths: list[Path], boxes: list[np.ndarray], positions: list[int],
@@ -214,12 +225,13 @@ def embed_images(backbone: ResNet, paths: list[Path], boxes: list[np.ndarray], p
     """Embed and save the RoIs of `positions`, one file per image as soon as its last crop is
     embedded. Crops of consecutive images share forward passes of `batch_size` (one forward per
     image would run ~3 crops at a time with ground-truth boxes and leave a GPU idle), and `workers`
-    loader processes decode the images. Returns the number of backbone forward images."""
+    loader processes decode the images (and crop them, with roi_crop "pil"). Returns the number of
+    backbone forward images."""
     device = next(backbone.parameters()).device
     for i in positions:
         if not len(boxes[i]):
             save_npy(roi_path(out_dir, i), np.zeros((0, backbone.num_features), np.float32))
-    loader = DataLoader(_Pixels(paths, [i for i in positions if len(boxes[i])]), batch_size=None,
+    loader = DataLoader(_Pixels(paths, [i for i in positions if len(boxes[i])], boxes, p), batch_size=None,
                         num_workers=p.workers)
     pending: list[tuple[int, torch.Tensor]] = []
 
@@ -233,7 +245,8 @@ def embed_images(backbone: ResNet, paths: list[Path], boxes: list[np.ndarray], p
 
     with ForwardCounter(backbone) as counter:
         for i, pixels in loader:
-            pending.append((i, crop_rois(pixels, boxes[i], size=p.roi_size, device=device)))
+            pending.append((i, normalised(pixels, device) if p.roi_crop == "pil"  # cropped by the loader
+                               else crop_rois(pixels, boxes[i], size=p.roi_size, device=device)))
             if sum(len(crops) for _, crops in pending) >= p.batch_size:
                 flush()
         if pending:
