@@ -102,9 +102,10 @@ class Row:
     s_per_step: float | None = None
     s_per_image: float | None = None
     peak_mib: float | None = None
+    grown_mib: float | None = None  # the peak over what was in use when the part started
     per_gpu_batch: int | None = None
     probe_batch: int | None = None
-    probe_peak_mib: float | None = None
+    probe_grown_mib: float | None = None
     mib_at_per_gpu_batch: float | None = None
     exceeds_device: bool | None = None
     projected_device_hours: float | None = None
@@ -246,7 +247,7 @@ class Rehearsal:
             spi = s.seconds_per_step()
             rows.append(Row(name, kind, stage, "failed" if s.error else "ok", batch, s.steps, round(s.wall_s, 3),
                             spi, (spi / batch if spi and s.steps else (s.wall_s / s.images if s.images else None)),
-                            round(s.peak_bytes / MIB, 1), error=s.error))
+                            round(s.peak_bytes / MIB, 1), round(s.grown_bytes / MIB, 1), error=s.error))
         failing = next((r for r in rows if r.error), None)
         if error is not None and failing is None:  # failed outside any section: reading recipes, data
             failing = Row(name, kind, "setup", "failed", batch, error=rehearsal.one_line(error))
@@ -380,9 +381,10 @@ class Rehearsal:
             other = second.get((r.name, r.stage))
             if other is not None and other.status == "failed" and r.status == "ok":
                 r.status, r.error, r.keys = "failed", f"at batch {other.batch}: {other.error}", other.keys
-            if r.steps and other is not None and other.peak_mib is not None and other.batch != r.batch:
-                r.probe_batch, r.probe_peak_mib = other.batch, other.peak_mib
-                slope = (r.peak_mib - other.peak_mib) / (r.batch - other.batch)
+            if r.steps and other is not None and other.grown_mib is not None and other.batch != r.batch:
+                # the slope from what each part added, so whatever the process held before cancels
+                r.probe_batch, r.probe_grown_mib = other.batch, other.grown_mib
+                slope = max(0.0, (r.grown_mib - other.grown_mib) / (r.batch - other.batch))
                 r.mib_at_per_gpu_batch = round(r.peak_mib + slope * (r.per_gpu_batch - r.batch), 1)
                 r.exceeds_device = r.mib_at_per_gpu_batch > device_mib
             self.project(r)

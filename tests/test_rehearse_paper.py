@@ -17,8 +17,9 @@ from orl_bench.registry import METHODS, TASKS
 SIZE = "240x320"
 ARGS = ["--recipe", "paper", "--steps", "1", "--batch", "2", "--image-size", SIZE, "--no-extrapolate"]
 # The entries over 25 s on 2 cores (ORL's three stages and UniVIP with selective search, Mask R-CNN
-# at 800-1333 px, kNN and iNat18's long-tailed set over more images): with -m slow.
-SLOW = {"orl", "univip", "coco_maskrcnn", "knn", "linear_inat18"}
+# at 800-1333 px, kNN and iNat18's long-tailed set over more images), and two whose code path a
+# default entry shares (the low-shot SVMs: voc07_svm's features; the 10% subset: the 1% one): -m slow.
+SLOW = {"orl", "univip", "coco_maskrcnn", "knn", "linear_inat18", "voc07_lowshot", "semi_imagenet_10pct"}
 
 
 def marked(names: list[str]) -> list:

@@ -14,6 +14,9 @@ returns False after one global lookup.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,8 +34,15 @@ class Section:
     images: int = 0
     step_ends: list[float] = field(default_factory=list)
     wall_s: float = 0.0
+    base_bytes: int = 0  # in use when it started
     peak_bytes: int = 0
     error: str | None = None
+
+    @property
+    def grown_bytes(self) -> int:
+        """What the section added at its peak over what was in use when it started: independent of
+        what earlier sections left behind (on CPU the resident set only grows over a process's life)."""
+        return max(0, self.peak_bytes - self.base_bytes)
 
     def seconds_per_step(self) -> float | None:
         """Steady-state seconds per step: the mean interval between step ends after the first
@@ -60,23 +70,31 @@ class Recorder:
         self.open: list[Section] = []
         self.closed: list[Section] = []
 
-    def peak(self) -> int:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device)
+    def _status(self, field_name: str) -> int:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field_name}:"):
                 return int(line.split()[1]) * 1024
         return 0
 
-    def reset_peak(self) -> None:
-        """Fold the peak so far into every open section, then restart the measurement."""
+    def peak(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        return self._status("VmHWM")
+
+    def reset_peak(self) -> int:
+        """Fold the peak so far into every open section, then restart the measurement from what is
+        in use now, which it returns. On CPU freed memory is first handed back to the system
+        (glibc keeps it otherwise, and the resident set would not show a section's own growth)."""
         now = self.peak()
         for s in self.open:
             s.peak_bytes = max(s.peak_bytes, now)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+            return torch.cuda.memory_allocated(self.device)
+        gc.collect()
+        _LIBC.malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return self._status("VmRSS")
 
     def take(self) -> list[Section]:
         """The sections closed since the last call, in the order they closed."""
@@ -84,6 +102,7 @@ class Recorder:
         return out
 
 
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
 _recorder: Recorder | None = None
 _INERT = Section("inert")
 
@@ -106,8 +125,8 @@ def section(name: str, images: int = 0) -> Iterator[Section]:
     if recorder is None:
         yield _INERT
         return
-    recorder.reset_peak()
-    s = Section(name, images=images, depth=len(recorder.open))
+    base = recorder.reset_peak()
+    s = Section(name, images=images, depth=len(recorder.open), base_bytes=base)
     recorder.open.append(s)
     try:
         yield s
