@@ -418,8 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", default="480x640", help="HEIGHTxWIDTH of the generated images (COCO's typical "
                    "480x640); views, crops and Mask R-CNN sizes are the recipe's own")
     p.add_argument("--extrapolate", action=argparse.BooleanOptionalAction, default=True,
-                   help="run everything a second time at another batch for one step, to extrapolate peak memory "
-                        "to the per-GPU batch (--no-extrapolate halves the time)")
+                   help="run everything a second time at another batch, to extrapolate peak memory to the per-GPU "
+                        "batch (--no-extrapolate halves the time)")
     p.add_argument("--out", help="also write the report to OUT.json and OUT.md (e.g. results/rehearsal/paper_cpu)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value for every method (task.* keys: every task), as in `run`")

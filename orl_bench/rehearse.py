@@ -18,7 +18,7 @@ Each method runs `pipeline.ensure_pretrained`, the entry point of `run` and `tab
 directory of its own (so ORL trains its own stage 1, which feeds its stage 2, which feeds its
 stage 3), and each task runs `pipeline.evaluate` on ORL's artifact (else the first method's), once
 per backbone architecture among the methods; every artifact is loaded strictly as a task loads it.
-With `extrapolate`, everything runs once more at a second batch for one step, and each training
+With `extrapolate`, everything runs once more at a second batch, and each training
 section's peak memory is extrapolated linearly to the recipe's per-GPU batch.
 """
 from __future__ import annotations
@@ -384,9 +384,13 @@ class Rehearsal:
             if r.steps and other is not None and other.grown_mib is not None and other.batch != r.batch:
                 # the slope from what each part added, so whatever the process held before cancels
                 r.probe_batch, r.probe_grown_mib = other.batch, other.grown_mib
-                slope = max(0.0, (r.grown_mib - other.grown_mib) / (r.batch - other.batch))
-                r.mib_at_per_gpu_batch = round(r.peak_mib + slope * (r.per_gpu_batch - r.batch), 1)
-                r.exceeds_device = r.mib_at_per_gpu_batch > device_mib
+                slope = (r.grown_mib - other.grown_mib) / (r.batch - other.batch)
+                if slope < 0:  # less memory at the larger batch: allocator noise, nothing to extrapolate
+                    r.note = f"no memory extrapolation: it added less at batch {max(r.batch, other.batch)} than at " \
+                             f"{min(r.batch, other.batch)} (allocator noise between small batches)"
+                else:
+                    r.mib_at_per_gpu_batch = round(r.peak_mib + slope * (r.per_gpu_batch - r.batch), 1)
+                    r.exceeds_device = r.mib_at_per_gpu_batch > device_mib
             self.project(r)
         failed = [r for r in rows if r.status == "failed"]
         return {"recipe": self.plan.recipe, "device": device_name(self.info.device), "device_mib": round(device_mib),
