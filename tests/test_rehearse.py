@@ -164,3 +164,17 @@ def test_tiny_chain_with_memory_extrapolation(tmp_path):
                     .glob("orl-*/manifest.json"))
     assert json.loads(manifest.read_text())["rehearsal_stopped_at_step"] == 2
     assert out.with_suffix(".md").read_text().startswith("Rehearsal of recipe `tiny`")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--methods", "byoll"], "unknown method 'byoll'. Did you mean 'byol'?"),
+    (["--tasks", "voc07"], "unknown task 'voc07'"),
+    (["--image-size", "480"], "--image-size takes HEIGHTxWIDTH"),
+    (["--steps", "0"], "need --steps >= 1"),
+    (["--batch", "1"], "--batch >= 2"),
+])
+def test_bad_rehearsal_input_is_one_line_before_any_work(args, message, tmp_path, capsys):
+    assert cli.main(["rehearse", "--recipe", "tiny", *args, "--workdir", str(tmp_path / "home")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("orl-bench: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "home").exists()
