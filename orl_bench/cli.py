@@ -186,10 +186,13 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     height, sep, width = args.image_size.partition("x")
     if not (sep and height.isdigit() and width.isdigit()):
         raise ConfigError(f"--image-size takes HEIGHTxWIDTH in pixels, e.g. 480x640; got '{args.image_size}'")
+    workdir = workdir_of(args)
+    preflight.check(workdir, writes=[("work directory", workdir)]
+                    + ([("--out folder", Path(args.out).parent)] if args.out else []))  # not after the whole run
     plan = rehearse.Plan(args.recipe, args.methods and tuple(args.methods),
                          None if args.tasks is None else tuple(args.tasks), args.steps, args.batch,
                          args.gpus, (int(height), int(width)), tuple(args.overrides), args.extrapolate)
-    runner = rehearse.Rehearsal(plan, workdir_of(args), info)
+    runner = rehearse.Rehearsal(plan, workdir, info)
     report = runner.run()
     paths = rehearse.write(report, runner.root / "rehearsal")
     if args.out:

@@ -151,9 +151,9 @@ def feature_dims(backbone: torch.nn.Module, arch: str, cfg: TaskConfig) -> dict[
     """Each evaluated layer's feature dimension through the tasks' own taps and pooling, beside
     the protocol's (docs/protocols.md 5.1) where that applies: ResNet-50 at 224 px."""
     layers = tuple(cfg.features.layers)
-    with torch.no_grad():
-        x = torch.zeros(1, 3, cfg.features.size, cfg.features.size)
-        dims = {k: int(v.shape[1]) for k, v in tap_features(backbone.eval().cpu(), x, layers).items()}
+    with torch.no_grad():  # on the device the task left the backbone on
+        x = torch.zeros(1, 3, cfg.features.size, cfg.features.size, device=next(backbone.parameters()).device)
+        dims = {k: int(v.shape[1]) for k, v in tap_features(backbone.eval(), x, layers).items()}
     protocol = arch == "resnet50" and cfg.features.size == 224
     return {layer: {"dim": dim, "protocol": RESNET50_224_DIMS.get(layer) if protocol else None} for layer, dim in
             dims.items()}

@@ -172,6 +172,7 @@ def test_tiny_chain_with_memory_extrapolation(tmp_path):
     (["--image-size", "480"], "--image-size takes HEIGHTxWIDTH"),
     (["--steps", "0"], "need --steps >= 1"),
     (["--batch", "1"], "--batch >= 2"),
+    (["--out", "/proc/version/report"], "--out folder /proc/version cannot be created: /proc/version is a file"),
 ])
 def test_bad_rehearsal_input_is_one_line_before_any_work(args, message, tmp_path, capsys):
     assert cli.main(["rehearse", "--recipe", "tiny", *args, "--workdir", str(tmp_path / "home")]) == 2
