@@ -43,6 +43,8 @@ BATCHES = {
                              (torch.rand(BATCH, CLASSES, generator=g) > 0.7).float().cuda()),
     "simclr": lambda g: _pair(VIEW, g),
     "mocov2": lambda g: _pair(VIEW, g),
+    "densecl": lambda g: _pair(VIEW, g),
+    "selfemd": lambda g: _pair(VIEW, g),
     "byol_multicrop": lambda g: (*_pair(VIEW, g), *_pair(PATCH, g), *_pair(PATCH, g)),
     # two views, then per view 10 xyxy boxes in view pixels (5 distinct pairs), then which are valid
     "scrl": lambda g: (*_pair(VIEW, g),

@@ -7,7 +7,7 @@ with exactly the queue it stopped with.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,14 +67,19 @@ class MoCoV2(Method):
         super().__init__(cfg, inputs)
         p = self.params
         check_batch_and_bn(p, cfg)
+        self.query = self.build_query()
+        self.key = make_target(self.query)
+        self.register_buffer("queue", F.normalize(torch.randn(p.queue_size, p.proj_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def build_query(self) -> nn.Module:
+        """The query encoder, whose copy is the key encoder; sets `backbone` (the exported part)."""
+        p = self.params
         self.backbone = self.build_backbone()
         # The v2 head: Linear -> ReLU -> Linear, both with bias and no BN (the official code's).
         self.head = nn.Sequential(nn.Linear(self.backbone.num_features, p.hidden_dim), nn.ReLU(inplace=True),
                                   nn.Linear(p.hidden_dim, p.proj_dim))
-        self.query = nn.Sequential(self.backbone, self.head)
-        self.key = make_target(self.query)
-        self.register_buffer("queue", F.normalize(torch.randn(p.queue_size, p.proj_dim), dim=1))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        return nn.Sequential(self.backbone, self.head)
 
     def view_specs(self) -> list[ViewSpec]:
         return two_view_specs(self.params.views)
@@ -93,28 +98,42 @@ class MoCoV2(Method):
         ema_update(self.key, self.query, self.params.momentum)
 
     def keys(self, images: torch.Tensor, step: int) -> torch.Tensor:
-        """The key encoder's unit-length embeddings of `images`. Under shuffled BN the global batch
-        is permuted across ranks before the key encoder and restored after; the permutation is
-        drawn from (seed, step), so every rank draws the same one and a resumed run too."""
+        """The key encoder's unit-length embeddings of `images`."""
+        (keys,) = self.encode_keys(lambda x: (self.key(x),), images, step)
+        return F.normalize(keys.float(), dim=1)
+
+    def encode_keys(self, encode: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], images: torch.Tensor,
+                    step: int) -> tuple[torch.Tensor, ...]:
+        """`encode(images)`, the key encoder's outputs (batch first). Under shuffled BN the global
+        batch is permuted across ranks before `encode` and every output restored after; the
+        permutation is drawn from (seed, step), so every rank draws the same one and a resumed run too."""
         if self.params.key_bn != "shuffle" or world_size() == 1:
-            return F.normalize(self.key(images).float(), dim=1)
+            return encode(images)
         everything, rows = all_gather(images)
         generator = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, step))
         order = torch.randperm(len(everything), generator=generator).to(images.device)
-        shuffled, _ = all_gather(self.key(everything[order[rows]]))
-        keys = torch.empty_like(shuffled)
-        keys[order] = shuffled
-        return F.normalize(keys[rows].float(), dim=1)
+        restored = []
+        for output in encode(everything[order[rows]]):
+            shuffled, _ = all_gather(output)
+            unshuffled = torch.empty_like(shuffled)
+            unshuffled[order] = shuffled
+            restored.append(unshuffled[rows])
+        return tuple(restored)
 
-    @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
-        """Replace the oldest keys with this step's keys of every rank, in rank order: the queue a
-        single process holds after the same steps on the concatenated batches."""
-        keys, _ = all_gather(keys)
-        start = int(self.queue_ptr)
-        slots = (start + torch.arange(len(keys), device=keys.device)) % len(self.queue)
-        self.queue[slots] = keys.to(self.queue.dtype)
-        self.queue_ptr.fill_((start + len(keys)) % len(self.queue))
+        enqueue_into(self.queue, self.queue_ptr, keys)
+
+
+@torch.no_grad()
+def enqueue_into(queue: torch.Tensor, pointer: torch.Tensor, keys: torch.Tensor) -> None:
+    """Replace the oldest entries of the ring buffer `queue` (next slot: `pointer`) with this step's
+    keys of every rank, in rank order: the queue a single process holds after the same steps on
+    the concatenated batches."""
+    keys, _ = all_gather(keys)
+    start = int(pointer)
+    slots = (start + torch.arange(len(keys), device=keys.device)) % len(queue)
+    queue[slots] = keys.to(queue.dtype)
+    pointer.fill_((start + len(keys)) % len(queue))
 
 
 def check_batch_and_bn(p: MoCoV2Params, cfg: PretrainConfig) -> None:

@@ -1,4 +1,6 @@
-"""Entropic optimal transport by Sinkhorn iterations in the log domain (UniVIP's instance matching).
+"""Entropic optimal transport by Sinkhorn iterations in the log domain (UniVIP's instance matching,
+Self-EMD's matching of feature-map positions), with the masses and the plan-weighted cosine both
+methods' losses are made of.
 
 The plan minimises <plan, cost> - eps * entropy(plan) with row sums `a` and column sums `b`; it
 is diag(exp(f / eps)) exp(-cost / eps) diag(exp(g / eps)) for potentials f, g. Updating f and g
@@ -9,6 +11,7 @@ long as each marginal has some mass.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, iters: int) -> torch.Tensor:
@@ -26,3 +29,22 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, i
         f = eps * (log_a - torch.logsumexp((g.unsqueeze(-2) - cost) / eps, dim=-1))
         g = eps * (log_b - torch.logsumexp((f.unsqueeze(-1) - cost) / eps, dim=-2))
     return torch.exp((f.unsqueeze(-1) + g.unsqueeze(-2) - cost) / eps)
+
+
+def similarity_masses(nodes: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """(B, n) transport masses of (B, n, d) nodes: each node's cosine similarity to its (B, d)
+    reference, ReLU'd and normalised to sum 1; uniform where no node is positively similar."""
+    sim = F.relu(torch.einsum("bnd,bd->bn", F.normalize(nodes.float(), dim=-1), F.normalize(reference.float(), dim=-1)))
+    total = sim.sum(dim=-1, keepdim=True)
+    return torch.where(total > 0, sim / total.clamp_min(torch.finfo(sim.dtype).tiny), 1 / sim.shape[-1])
+
+
+def transported_cosine(online: torch.Tensor, target: torch.Tensor, online_mass: torch.Tensor,
+                       target_mass: torch.Tensor, eps: float, iters: int) -> torch.Tensor:
+    """(B,) sum(plan * cos) between (B, n, d) online and (B, m, d) target node sets with (B, n)
+    and (B, m) masses; the plan is Sinkhorn's on the cost 1 - cos, computed without gradient,
+    so the gradient flows through the cosines only."""
+    cos = F.normalize(online.float(), dim=-1) @ F.normalize(target.float(), dim=-1).transpose(1, 2)
+    with torch.no_grad():
+        plan = sinkhorn(1 - cos, online_mass, target_mass, eps, iters)
+    return (plan * cos).sum(dim=(1, 2))

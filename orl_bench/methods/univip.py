@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
@@ -51,7 +50,7 @@ from orl_bench.methods.byol import BYOL
 from orl_bench.methods.orl.boxes import BoxFilter, filter_boxes, load_boxes, save_boxes, scaled, xywh_to_xyxy
 from orl_bench.methods.orl.dataset import crop_resize
 from orl_bench.methods.orl.proposals import load_all, shared_proposals
-from orl_bench.methods.sinkhorn import sinkhorn
+from orl_bench.methods.sinkhorn import similarity_masses as scene_marginal, transported_cosine
 from orl_bench.registry import METHODS
 
 BOXES = "boxes.npz"
@@ -141,24 +140,15 @@ class UniVIPDataset(ViewsDataset):
         return (*scenes, *crops, torch.tensor(missing / p.instances))
 
 
-def scene_marginal(instances: torch.Tensor, scene: torch.Tensor) -> torch.Tensor:
-    """(B, K) transport masses: each instance's cosine similarity to its scene, ReLU'd and
-    normalised to sum 1; uniform where no instance is positively similar."""
-    sim = F.relu(torch.einsum("bkd,bd->bk", F.normalize(instances.float(), dim=-1), F.normalize(scene.float(), dim=-1)))
-    total = sim.sum(dim=-1, keepdim=True)
-    return torch.where(total > 0, sim / total.clamp_min(torch.finfo(sim.dtype).tiny), 1 / sim.shape[-1])
-
-
 def instance_ot_loss(online: torch.Tensor, target: torch.Tensor, online_scene: torch.Tensor,
                      target_scene: torch.Tensor, eps: float, iters: int) -> torch.Tensor:
     """-sum(plan * cos) averaged over the batch, between (B, K, d) online instance predictions and
     (B, K', d) target instance projections; their masses come from their similarity to
-    `online_scene` and `target_scene` (B, d) (scene_marginal), the plan from Sinkhorn on 1 - cos."""
-    cos = F.normalize(online.float(), dim=-1) @ F.normalize(target.float(), dim=-1).transpose(1, 2)
+    `online_scene` and `target_scene` (B, d) (scene_marginal), the plan from Sinkhorn on 1 - cos
+    (transported_cosine)."""
     with torch.no_grad():
-        plan = sinkhorn(1 - cos, scene_marginal(online, online_scene), scene_marginal(target, target_scene),
-                        eps, iters)
-    return -(plan * cos).sum(dim=(1, 2)).mean()
+        masses = scene_marginal(online, online_scene), scene_marginal(target, target_scene)
+    return -transported_cosine(online, target, *masses, eps, iters).mean()
 
 
 def boxes_folder(images_key: str, p: UniVIPParams) -> str:
