@@ -19,6 +19,7 @@ from orl_bench import pipeline, preflight, rehearse
 from orl_bench.config import (RECIPE_KINDS, ConfigError, DataConfig, apply_overrides, dump_yaml, find_recipe,
                               from_dict, load_yaml_recipe, recipe_root)
 from orl_bench.data.images import DatasetLayoutError
+from orl_bench.data.sources import SYNTH_SOURCES
 from orl_bench.engine.checkpoint import CheckpointError, load_backbone, read_manifest
 from orl_bench.engine.distributed import init_distributed
 from orl_bench.engine.export import FORMATS, export
@@ -147,7 +148,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     # checked before any table is built: what the build runs (nothing with --no-build) and the
     # folders written (none in a dry run)
     pretraining, benchmarks = ([], []) if args.no_build else tables.planned_configs(
-        [plan for plans in plans_of.values() for plan in plans], args.seeds, pre_data, task_data, load_records(workdir))
+        [plan for plans in plans_of.values() for plan in plans], args.seeds, task_data, load_records(workdir))
     writes = [] if args.dry_run else [("--out", Path(args.out)), ("--figures", Path(args.figures))]
     if not (args.dry_run or args.no_build):
         writes.append(("work directory", workdir))
@@ -156,8 +157,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     for number in numbers:
         plans = plans_of[number]
         for table, rows in ([] if args.no_build else plans):
-            built = tables.build(rows, tables.table_tasks(table), args.seeds, workdir, pre_data,
-                                 task_data, info, load_records(workdir), args.dry_run, print)
+            built = tables.build(rows, tables.table_tasks(table), args.seeds, workdir, task_data, info,
+                                 load_records(workdir), args.dry_run, print)
             total.pretrained, total.evaluated = total.pretrained + built.pretrained, total.evaluated + built.evaluated
         if args.dry_run or not info.is_main:
             continue
@@ -270,8 +271,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     data = apply_overrides(load_yaml_recipe(find_recipe("pretrain", "byol", args.recipe)), args.overrides)
     cfg = from_dict(DataConfig, data.get("data", {}), "data")
-    if cfg.source != "synth":
-        raise ConfigError(f"`data synth` generates the embedded scenes; the recipe's data.source is {cfg.source}")
+    if cfg.source not in SYNTH_SOURCES:
+        raise ConfigError(f"`data synth` generates the embedded scenes (data.source {' or '.join(SYNTH_SOURCES)}); "
+                          f"the recipe's data.source is {cfg.source}")
     t0 = time.perf_counter()
     root = pipeline.pretrain_images(cfg, workdir_of(args))
     print(f"embedded scenes ready: {len(root.paths)} pretraining images ({root.key}) in "
@@ -394,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "laptop run), paper (ResNet-50 on real data; give --data)")
     p.add_argument("--seeds", type=int, default=1, help="pretraining seeds 0..N-1 per row; cells show mean ± std")
     p.add_argument("--data", nargs="*", default=[], metavar="NAME=PATH",
-                   help=f"real datasets by path ({', '.join(tables.DATA_SOURCES)}); without, the embedded scenes")
+                   help=f"real datasets by path ({', '.join(tables.DATA_SOURCES)}); without, the embedded scenes "
+                   "(the COCO+ rows: train2017 + unlabeled2017 of the scenes, data.source synth_plus)")
     p.add_argument("--dry-run", action="store_true", help="only list what would be built")
     p.add_argument("--no-build", action="store_true", help="write the tables from the records as they are, "
                    "building nothing (cells not run stay empty): e.g. from a partial sweep")

@@ -64,9 +64,17 @@ class NoParams:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "synth"  # synth | coco | coco_plus | imagenet | voc2007 | folder (any unlabeled images)
+    # synth | synth_plus (the embedded scenes as COCO and COCO+) | coco | coco_plus | imagenet | voc2007 |
+    # folder (any unlabeled images)
+    source: str = "synth"
     root: str | None = volatile(None)  # real data location; else ORL_BENCH_<SOURCE> env variable
     synth: SynthSpec = field(default_factory=SynthSpec)
+
+    def __post_init__(self) -> None:
+        if self.source == "synth_plus":
+            # the unlabeled split's size resolved here, so the config hash, the written config and the
+            # scenes' cache key all name the images it runs on
+            object.__setattr__(self, "synth", self.synth.coco_plus())
 
 
 @dataclass(frozen=True)

@@ -220,8 +220,9 @@ def record_fields(cfg: PretrainConfig, folder: Path | None = None) -> dict[str, 
     setup = config_hash(unseeded)
     if cfg.data.source in CONTENT_KEYED_SOURCES and folder is not None:
         setup = config_hash({"config": setup, "images": read_manifest(folder)["data"]["key"]})
+    # pretrain_data: which images it learnt from, so a table tells its COCO and COCO+ rows apart
     return {"config_hash": config_hash(cfg), "setup_hash": setup[:12], "seed": cfg.train.seed,
-            "epochs": 0 if plugin is None else cfg.train.epochs,
+            "epochs": 0 if plugin is None else cfg.train.epochs, "pretrain_data": cfg.data.source,
             "variant": plugin.variant(cfg) if plugin else {}}
 
 

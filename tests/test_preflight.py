@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from orl_bench import pipeline, preflight
 from orl_bench.cli import main
 
 
@@ -74,3 +75,11 @@ def test_run_refuses_a_read_only_work_directory_first(capsys, tmp_path):
         home.chmod(0o755)
     assert code == 2 and f"work directory {home} is not writable" in err
     assert not any(home.iterdir())
+
+
+def test_the_embedded_coco_plus_passes_every_stage_without_generating_anything(tmp_path):
+    overrides = ["data.source=synth_plus"]
+    cfg = pipeline.load_pretrain_config("orl", "tiny", overrides)
+    preflight.check(tmp_path / "home", [(cfg, overrides)])  # ORL's stage 1 reads the same COCO+
+    assert [stage.data.source for stage in preflight.stage_configs(cfg, overrides)] == ["synth_plus", "synth_plus"]
+    assert not (tmp_path / "home").exists()

@@ -3,7 +3,7 @@
 Real data is found from `data.root` in the config or, failing that, an environment variable
 (ORL_BENCH_COCO, ORL_BENCH_VOC2007, ORL_BENCH_IMAGENET); `folder` (any unlabeled images) from
 `data.root` only. The embedded scenes are generated on first use into the work directory and cached
-by their parameters.
+by their parameters; `synth` and `synth_plus` pretrain on them as `coco` and `coco_plus` on real COCO.
 """
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ from orl_bench.data.voc import check_layout as check_voc_layout
 
 ENV_VARS = {"coco": "ORL_BENCH_COCO", "coco_plus": "ORL_BENCH_COCO", "voc2007": "ORL_BENCH_VOC2007",
             "imagenet": "ORL_BENCH_IMAGENET", "places205": "ORL_BENCH_PLACES205", "inat18": "ORL_BENCH_INAT18"}
-PRETRAIN_SOURCES = ("synth", "coco", "coco_plus", "imagenet", "folder")
+PRETRAIN_SOURCES = ("synth", "synth_plus", "coco", "coco_plus", "imagenet", "folder")
+SYNTH_SOURCES = ("synth", "synth_plus")  # the embedded scenes, generated on first use
+COCO_PLUS_SOURCES = ("coco_plus", "synth_plus")  # train2017 + unlabeled2017
 VOC_SOURCES = ("synth", "voc2007")
 # Sources whose images the config does not determine (data.root is not hashed): their ImageList key
 # describes the contents and keys the artifacts trained on them.
@@ -59,7 +61,7 @@ def real_root(cfg: DataConfig) -> Path:
 
 def coco_splits(source: str) -> list[str]:
     """The COCO splits a scene source pretrains on: COCO+ is train2017 + unlabeled2017."""
-    return ["train2017"] + (["unlabeled2017"] if source == "coco_plus" else [])
+    return ["train2017"] + (["unlabeled2017"] if source in COCO_PLUS_SOURCES else [])
 
 
 def check_pretrain_images(cfg: DataConfig) -> None:
@@ -72,7 +74,7 @@ def check_pretrain_images(cfg: DataConfig) -> None:
         class_names(real_root(cfg), "train")
     elif cfg.source == "folder":
         check_folder_root(real_root(cfg))
-    elif cfg.source != "synth":
+    elif cfg.source not in SYNTH_SOURCES:
         for split in coco_splits(cfg.source):
             check_coco_layout(real_root(cfg), split)
 
@@ -85,12 +87,12 @@ def pretrain_images(cfg: DataConfig, workdir: Path) -> ImageList:
     if cfg.source == "folder":
         folder = UnlabeledFolder(real_root(cfg))
         return ImageList(folder.paths, folder.key, [])
-    if cfg.source == "synth":
-        sets = [CocoDataset(synth_root(cfg, workdir) / "coco", "train2017")]
-        key = f"synth-{cfg.synth.digest()}-train2017"
+    splits = coco_splits(cfg.source)
+    if cfg.source in SYNTH_SOURCES:
+        root, key = synth_root(cfg, workdir) / "coco", f"synth-{cfg.synth.digest()}-{'+'.join(splits)}"
     else:
-        sets = [CocoDataset(real_root(cfg), split) for split in coco_splits(cfg.source)]
-        key = cfg.source
+        root, key = real_root(cfg), cfg.source
+    sets = [CocoDataset(root, split) for split in splits]
     return ImageList([im.path for s in sets for im in s.images], key, sets)
 
 

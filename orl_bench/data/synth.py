@@ -25,7 +25,7 @@ import shutil
 import socket
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -50,7 +50,7 @@ class SynthSpec:
     width: int = 128
     coco_train: int = 4000
     coco_val: int = 1000  # held-out scenes for the detection benchmark
-    coco_unlabeled: int = 0  # > 0 adds unlabeled2017 (the COCO+ setting)
+    coco_unlabeled: int = 0  # > 0 adds unlabeled2017, images only (COCO+: data.source synth_plus)
     voc_trainval: int = 2000
     voc_test: int = 2000
     min_objects: int = 2
@@ -83,6 +83,12 @@ class SynthSpec:
         return SceneStyle(tuple(self.object_size), tuple(self.saturation), self.grating, tuple(self.clutter),
                           self.backdrop, self.blotches, self.rotation, self.grey_spread,
                           self.period_spread, self.texture_contrast)
+
+    def coco_plus(self) -> SynthSpec:
+        """These scenes in the COCO+ setting: unlabeled2017 as large as train2017 unless its size is
+        set. Real COCO+ adds 123,403 unlabeled images to train2017's 118,287 (1.04x), so equal sizes
+        keep its proportion. train2017 stays the same images (`image_rng`), so COCO+ = COCO + more."""
+        return self if self.coco_unlabeled else replace(self, coco_unlabeled=self.coco_train)
 
     def digest(self) -> str:
         payload = json.dumps({"generator": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)

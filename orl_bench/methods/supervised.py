@@ -51,7 +51,8 @@ class SupervisedParams:
 def multi_hot(images: ImageList) -> np.ndarray:
     """(N, C) uint8: image i contains category c, c ranked by category id across the splits."""
     if any(split.split == "unlabeled2017" for split in images.coco):
-        raise ConfigError("supervised pretraining cannot use unlabeled2017 (COCO+): use data.source=coco")
+        raise ConfigError("supervised pretraining cannot use unlabeled2017 (COCO+): use data.source=coco "
+                          "(synth for the embedded scenes)")
     labels = category_matrix(images.coco)
     if not labels.shape[1]:
         raise ConfigError(f"supervised pretraining needs labelled images, but {images.key} has no categories "

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from orl_bench import pipeline
+from orl_bench.data.sources import COCO_PLUS_SOURCES
 from orl_bench.results.paper import PaperReference
 from orl_bench.results.records import CHANCE
 
@@ -58,7 +59,9 @@ def summarize(records: list[dict[str, Any]], paper: PaperReference) -> list[dict
             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "n": len(values),
             "seeds": sorted({r.get("seed") for r in items if r.get("seed") is not None}),
-            "paper": paper.lookup(first["task"], first["metric"], first["method"], k=first.get("k"), **variant),
+            "paper": paper.lookup(first["task"], first["metric"], first["method"], k=first.get("k"), **variant,
+                                  pretrain_data="coco_plus" if first.get("pretrain_data") in COCO_PLUS_SOURCES
+                                  else "coco"),
         })
         rows.append(row)
     return rows
@@ -142,7 +145,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         "epochs": frame["epochs"].map(lambda e: _number(e, 0)), "setup": frame["setup_hash"].map(lambda s: _text(s)[:8]),
         "dataset": frame["dataset"], "variant": frame["variant"].map(_text),
         "ours (mean ± std)": [f"{m:.2f} ± {s:.2f}" for m, s in zip(frame["mean"], frame["std"])],
-        "n": frame["n"].astype(str), "paper (COCO, R50)": frame["paper"].map(lambda p: _number(p, 1))})
+        "n": frame["n"].astype(str), "paper (R50)": frame["paper"].map(lambda p: _number(p, 1))})
     return shown.to_markdown(index=False, disable_numparse=True) + "\n"
 
 

@@ -52,8 +52,9 @@ def _report_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _seed0(frame: pd.DataFrame, method: str, workdir: Path) -> Path | None:
-    """The first seed's artifact of the method's row at the table's scale, if it was run."""
-    for line in frame[(frame["method"] == method) & (frame["status"] == "ok")].itertuples():
+    """The first seed's artifact of the method's COCO row at the table's scale (the paper's figures
+    are of COCO runs), if it was run."""
+    for line in frame[(frame["method"] == method) & ~frame["coco_plus"] & (frame["status"] == "ok")].itertuples():
         if line.artifact_dirs:
             return artifact_folder(line.artifact_dirs[0], workdir)
     return None
@@ -66,7 +67,8 @@ def loss_curves(frame: pd.DataFrame, workdir: Path, out: Path) -> str:
             folder = artifact_folder(recorded, workdir)
             log = folder / "log.jsonl"
             if log.is_file():
-                title = f"{line.method} [{line.recipe}]" + (" (last stage)" if read_manifest(folder).get("stages") else "")
+                title = f"{line.method} [{line.recipe}]" + (" on COCO+" if line.coco_plus else "") + (
+                    " (last stage)" if read_manifest(folder).get("stages") else "")
                 runs.setdefault(title, []).append((seed, [json.loads(x) for x in log.read_text().splitlines() if x]))
     return f"{figures.loss_curves(runs, out)} runs' training loss"
 

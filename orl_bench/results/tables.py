@@ -2,16 +2,18 @@
 ones built through the pipeline's caches, and the table written beside the paper's numbers.
 
 Rows, at one scale (`tiny`, `default`, `paper`), after a chance row:
-- Tables 1-4: the paper's rows in its order; each implemented method at the scale's recipe. A row
-  the project cannot build says why (a method without an implementation here; COCO+ without its
-  images).
+- Tables 1-4: the paper's rows in its order; each implemented method at the scale's recipe, its
+  COCO+ rows on the embedded scenes' COCO+ (`data.source: synth_plus`) or on real COCO+ (`--data
+  coco_plus=PATH`). A row the project cannot build says why (a method without an implementation
+  here; COCO+ without its images: real data without --data coco_plus).
 - Table 5(x): for every method of the paper's table, the scale's recipe and the scale's
   ablation recipes of that table (`<scale>_5x_*.yaml`). The paper's number is the one of the same
   settings (`Method.variant`); for 5(e) epochs are read relative to the scale, the scale's own
   epochs standing for the paper's 800.
 A cell is the mean and standard deviation over the seeds of the row's records for the column's
 (task, metric, k) at each artifact's best layer (the record a task marks `best`, else the highest
-value), from the benchmark config that runs now, so a stale config's records never mix in.
+value), from the benchmark config that runs now, so a stale config's records never mix in, and
+pretrained on the row's data (the records' `pretrain_data`: a COCO row never reads a COCO+ run).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import pandas as pd
 
 from orl_bench import pipeline
 from orl_bench.config import ConfigError, PretrainConfig, TaskConfig, config_hash
-from orl_bench.data.sources import CONTENT_KEYED_SOURCES
+from orl_bench.data.sources import COCO_PLUS_SOURCES, CONTENT_KEYED_SOURCES
 from orl_bench.engine.checkpoint import MANIFEST, is_complete, read_manifest, read_run_info
 from orl_bench.engine.distributed import DistInfo
 from orl_bench.io import atomic_write_text
@@ -39,7 +41,7 @@ from orl_bench.results.report import best_per_artifact
 TABLES = {"1": ("table1",), "2": ("table2",), "3": ("table3",), "4": ("table4",),
           "5": ("table5a", "table5b", "table5c", "table5d", "table5e")}
 NOT_MEASURED = "not measured by this scale's benchmark recipe (e.g. a k its data cannot supply)"
-# --data NAME=PATH: the pretraining data, or the tasks that read the dataset
+# --data NAME=PATH: the pretraining data of the COCO or the COCO+ rows, or the tasks that read the dataset
 DATA_SOURCES = {"coco": ("pretrain", "coco"), "coco_plus": ("pretrain", "coco_plus"),
                 "voc07": (("voc07_svm", "voc07_lowshot"), "voc2007"),
                 "imagenet": (("linear_imagenet", "semi_imagenet_1pct", "semi_imagenet_10pct", "knn"), "imagenet"),
@@ -53,11 +55,15 @@ class RowPlan:
     recipe: str | None  # the pretraining recipe; None: nothing of ours to build (chance, `missing`)
     paper: dict[str, float]  # column key -> the paper's number for these settings
     missing: str | None = None  # why the row has no numbers of ours
+    coco_plus: bool = False  # pretrains on COCO+ (train2017 + unlabeled2017): the paper's "(COCO+)" rows
+    data: tuple[str, ...] = ()  # the pretraining overrides that select its images; none: the recipe's own
 
 
-def data_overrides(data: dict[str, str]) -> tuple[list[str], dict[str, list[str]]]:
-    """--data NAME=PATH pairs -> (pretraining overrides, task -> task overrides)."""
-    pre: list[str] = []
+def data_overrides(data: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """--data NAME=PATH pairs -> (pretraining overrides of the COCO rows ("coco") and of the COCO+ rows
+    ("coco_plus"), task -> task overrides). A COCO+ root holds train2017 too: without --data coco,
+    the COCO rows read theirs there."""
+    pre: dict[str, list[str]] = {}
     per_task: dict[str, list[str]] = {}
     for name, path in data.items():
         if name not in DATA_SOURCES:
@@ -65,29 +71,46 @@ def data_overrides(data: dict[str, str]) -> tuple[list[str], dict[str, list[str]
         target, source = DATA_SOURCES[name]
         sets = [f"data.source={source}", f"data.root={path}"]
         if target == "pretrain":
-            pre += sets
+            pre[name] = sets
         else:
             for task in target:
                 per_task.setdefault(task, []).extend(sets)
+    if "coco_plus" in pre:
+        pre.setdefault("coco", ["data.source=coco", f"data.root={data['coco_plus']}"])
     return pre, per_task
+
+
+def pretraining_data(method: str, scale: str, coco_plus: bool,
+                     pre_data: dict[str, list[str]]) -> tuple[str, ...] | None:
+    """The overrides that select a row's pretraining images: the real data given by --data, else the
+    scale's own; a COCO+ row of a scale that pretrains on the embedded scenes takes their COCO+
+    setting (synth_plus). None: a COCO+ row without COCO+ images (real data, no --data coco_plus)."""
+    if not coco_plus:
+        return tuple(pre_data.get("coco", ()))
+    if "coco_plus" in pre_data:
+        return tuple(pre_data["coco_plus"])
+    if not pre_data and pipeline.load_pretrain_config(method, scale, []).data.source == "synth":
+        return ("data.source=synth_plus",)
+    return None
 
 
 def _label(ref: PaperReference, method: str) -> str:
     return ref.names.get("methods", {}).get(method, method)
 
 
-def plan_rows(table: PaperTable, scale: str, ref: PaperReference, pre_data: list[str]) -> list[RowPlan]:
+def plan_rows(table: PaperTable, scale: str, ref: PaperReference, pre_data: dict[str, list[str]]) -> list[RowPlan]:
     rows = [RowPlan("Chance", CHANCE, None, {})]
     if table.kind == "main":
         for row in table.rows:
-            label, paper = row.label, dict(row.values)
+            label, paper, coco_plus = row.label, dict(row.values), row.pretrain_data == "coco_plus"
             if row.method != pipeline.RANDOM and row.method not in METHODS.names():
                 rows.append(RowPlan(label, row.method, None, paper, "not implemented in orl-bench"))
-            elif row.pretrain_data == "coco_plus" and "data.source=coco_plus" not in pre_data:
+            elif (data := pretraining_data(row.method, scale, coco_plus, pre_data)) is None:
                 rows.append(RowPlan(label, row.method, None, paper,
-                                    "dataset absent: COCO+ is train2017 + unlabeled2017 (--data coco_plus=PATH)"))
+                                    "dataset absent: COCO+ is train2017 + unlabeled2017 (--data coco_plus=PATH)",
+                                    coco_plus))
             else:
-                rows.append(RowPlan(label, row.method, scale, paper))
+                rows.append(RowPlan(label, row.method, scale, paper, None, coco_plus, data))
         return rows
     letter = table.name.removeprefix("table")  # 5a .. 5e
     for method in dict.fromkeys(row.method for row in table.rows):
@@ -96,7 +119,8 @@ def plan_rows(table: PaperTable, scale: str, ref: PaperReference, pre_data: list
             variant = pipeline.paper_variant(method, recipe)
             paper = {c.key: v for c in table.columns
                      if (v := ref.lookup(c.task, c.metric, method, k=c.k, **variant)) is not None}
-            rows.append(RowPlan(f"{_label(ref, method)} [{recipe}]", method, recipe, paper))
+            rows.append(RowPlan(f"{_label(ref, method)} [{recipe}]", method, recipe, paper,
+                                data=pretraining_data(method, recipe, False, pre_data)))
     return rows
 
 
@@ -113,9 +137,20 @@ def task_recipe_hash(task: str, recipe: str, task_data: dict[str, list[str]]) ->
     return config_hash(task_config(task, recipe, task_data))
 
 
-def seeded(pre_data: list[str], seed: int) -> list[str]:
+def seeded(row: RowPlan, seed: int) -> list[str]:
     """The pretraining overrides of a row's run with `seed`."""
-    return [*pre_data, f"train.seed={seed}"]
+    return [*row.data, f"train.seed={seed}"]
+
+
+def of_row(record: dict[str, Any], row: RowPlan) -> bool:
+    """Whether a record is of the row's runs: its method and recipe, pretrained on its data (COCO or
+    COCO+; records from before `pretrain_data` was recorded are all COCO runs)."""
+    return (record["method"] == row.method and record.get("recipe") == row.recipe
+            and (record.get("pretrain_data") in COCO_PLUS_SOURCES) == row.coco_plus)
+
+
+def run_name(row: RowPlan) -> str:
+    return f"{row.method} [{row.recipe}]" + (" on COCO+" if row.coco_plus else "")
 
 
 def fill(table: PaperTable, rows: list[RowPlan], records: list[dict[str, Any]], seeds: int,
@@ -131,8 +166,8 @@ def fill(table: PaperTable, rows: list[RowPlan], records: list[dict[str, Any]], 
     for row in rows:
         for c in table.columns:
             chosen[row.label, c.key] = best_per_artifact([
-                r for r in records if r["task"] == c.task and r["metric"] == c.metric and r["method"] == row.method
-                and (c.k is None or r.get("k") == c.k) and r.get("recipe") == row.recipe
+                r for r in records if r["task"] == c.task and r["metric"] == c.metric and of_row(r, row)
+                and (c.k is None or r.get("k") == c.k)
                 and r.get("seed") in range(seeds) and r.get("task_config_hash") == task_hash.get((c.task, row.recipe))])
     datasets = {(c.task, r["dataset"]) for (_, key), found in chosen.items() for c in table.columns if c.key == key
                 for r in found}
@@ -148,7 +183,8 @@ def fill(table: PaperTable, rows: list[RowPlan], records: list[dict[str, Any]], 
             values = [r["value"] for r in best]
             mean = statistics.fmean(values) if values else None
             paper = row.paper.get(c.key)
-            lines.append({"row": row.label, "method": row.method, "recipe": row.recipe, "column": c.label,
+            lines.append({"row": row.label, "method": row.method, "recipe": row.recipe, "coco_plus": row.coco_plus,
+                          "column": c.label,
                           "task": c.task, "metric": c.metric, "k": c.k, "mean": mean,
                           "std": statistics.stdev(values) if len(values) > 1 else (0.0 if values else None),
                           "n": len(values), "seeds": seeds, "paper": paper,
@@ -157,6 +193,7 @@ def fill(table: PaperTable, rows: list[RowPlan], records: list[dict[str, Any]], 
                           "status": row.missing or ("ok" if values else NOT_MEASURED if (row.label, c.task)
                                                     in measured else "not run"),
                           "datasets": sorted({r["dataset"] for r in best}),
+                          "pretrain_data": sorted({r["pretrain_data"] for r in best if r.get("pretrain_data")}),
                           "artifacts": sorted({r["artifact_sha256"][:12] for r in best if r.get("artifact_sha256")}),
                           # the folders by seed, for the figures (logs, backbones, correspondences)
                           "artifact_dirs": [r["artifact"] for r in sorted(best, key=lambda r: r["seed"])
@@ -197,8 +234,8 @@ class Built:
 
 
 def _stored(records: list[dict[str, Any]], row: RowPlan, seed: int, task: str, task_hash: str) -> bool:
-    return any(r["task"] == task and r["method"] == row.method and r.get("recipe") == row.recipe
-               and r.get("seed") == seed and r.get("task_config_hash") == task_hash for r in records)
+    return any(r["task"] == task and of_row(r, row) and r.get("seed") == seed and r.get("task_config_hash") == task_hash
+               for r in records)
 
 
 def missing_runs(rows: list[RowPlan], tasks: list[str], seeds: int, records: list[dict[str, Any]],
@@ -214,18 +251,17 @@ def missing_runs(rows: list[RowPlan], tasks: list[str], seeds: int, records: lis
     return runs
 
 
-def planned_configs(plans: list[tuple[PaperTable, list[RowPlan]]], seeds: int, pre_data: list[str],
-                    task_data: dict[str, list[str]], records: list[dict[str, Any]]
-                    ) -> tuple[list[tuple[PretrainConfig, list[str]]], list[TaskConfig]]:
-    """What building the tables of `plans` runs: the pretraining config of each (method, recipe)
+def planned_configs(plans: list[tuple[PaperTable, list[RowPlan]]], seeds: int, task_data: dict[str, list[str]],
+                    records: list[dict[str, Any]]) -> tuple[list[tuple[PretrainConfig, list[str]]], list[TaskConfig]]:
+    """What building the tables of `plans` runs: the pretraining config of each (method, recipe, data)
     with its overrides, and each benchmark config, once (seeds change neither's recipe nor data)."""
-    pretraining: dict[tuple[str, str], tuple[PretrainConfig, list[str]]] = {}
+    pretraining: dict[tuple[str, str, tuple[str, ...]], tuple[PretrainConfig, list[str]]] = {}
     benchmarks: dict[tuple[str, str], TaskConfig] = {}
     for table, rows in plans:
         for row, seed, todo in missing_runs(rows, table_tasks(table), seeds, records, task_data):
-            if (row.method, row.recipe) not in pretraining:
-                overrides = seeded(pre_data, seed)
-                pretraining[row.method, row.recipe] = (
+            if (row.method, row.recipe, row.data) not in pretraining:
+                overrides = seeded(row, seed)
+                pretraining[row.method, row.recipe, row.data] = (
                     pipeline.load_pretrain_config(row.method, row.recipe, overrides), overrides)
             for task in todo:
                 benchmark = (task, pipeline.benchmark_recipe(row.recipe))
@@ -234,20 +270,19 @@ def planned_configs(plans: list[tuple[PaperTable, list[RowPlan]]], seeds: int, p
     return list(pretraining.values()), list(benchmarks.values())
 
 
-def build(rows: list[RowPlan], tasks: list[str], seeds: int, workdir: Path, pre_data: list[str],
-          task_data: dict[str, list[str]], info: DistInfo, records: list[dict[str, Any]], dry_run: bool,
-          say: Callable[[str], None]) -> Built:
+def build(rows: list[RowPlan], tasks: list[str], seeds: int, workdir: Path, task_data: dict[str, list[str]],
+          info: DistInfo, records: list[dict[str, Any]], dry_run: bool, say: Callable[[str], None]) -> Built:
     """Pretrain (or reuse) every row's artifact per seed, then evaluate it on `tasks` (or reuse
     its records); with `dry_run`, only say what is missing. Under torchrun every process
     pretrains and runs the distributed tasks (Mask R-CNN); the others run on rank 0 after them,
     so no process waits for another's single-process evaluation inside a collective."""
     built, runs = Built(), []
     for row, seed, todo in missing_runs(rows, tasks, seeds, records, task_data):
-        overrides = seeded(pre_data, seed)
+        overrides = seeded(row, seed)
         cfg = pipeline.load_pretrain_config(row.method, row.recipe, overrides)
         if dry_run:
             stored = stored_artifact(cfg, workdir)
-            say(f"would build: {row.method} [{row.recipe}] seed {seed}: "
+            say(f"would build: {run_name(row)} seed {seed}: "
                 + (f"reuse {stored.name}" if stored else "pretrain (or reuse its artifact)")
                 + f", then evaluate {', '.join(todo)}; {estimate(workdir, records, row, todo, stored is None)}")
         else:
@@ -263,7 +298,7 @@ def build(rows: list[RowPlan], tasks: list[str], seeds: int, workdir: Path, pre_
                 task_cfg = task_config(task, row.recipe, task_data)
                 _, reused = pipeline.evaluate(task_cfg, ref, workdir, info.device, extra, info)
                 built.evaluated += not reused
-                say(f"{'reused' if reused else 'evaluated'}: {row.method} [{row.recipe}] seed {seed} on {task}")
+                say(f"{'reused' if reused else 'evaluated'}: {run_name(row)} seed {seed} on {task}")
     return built
 
 
@@ -294,7 +329,8 @@ def estimate(workdir: Path, records: list[dict[str, Any]], row: RowPlan, tasks: 
 def _pretraining_estimate(workdir: Path, row: RowPlan) -> str:
     trained = [pretraining_seconds(manifest.parent)
                for manifest in (Path(workdir) / "artifacts").glob(f"{row.method}-*/{MANIFEST}")
-               if json.loads(manifest.read_text()).get("recipe") == row.recipe]
+               if (facts := json.loads(manifest.read_text())).get("recipe") == row.recipe
+               and (facts.get("data", {}).get("source") in COCO_PLUS_SOURCES) == row.coco_plus]
     return f"pretraining ~{statistics.median(trained):.0f} s" if trained else "pretraining time unknown"
 
 
@@ -328,8 +364,9 @@ def provenance(parts: list[tuple[PaperTable, pd.DataFrame]], records: list[dict[
     protocols = sorted({str(r.get("protocol")) for r in used if r.get("protocol")})
     solvers = sorted({r["svm_solver"] for r in used if r.get("svm_solver")})
     lines = [f"- recipe: `{scale}` (pretraining and benchmarks), seeds {list(range(seeds))}",
-             f"- data: {', '.join(f'{k}={v}' for k, v in data.items()) or 'the embedded scenes'}; datasets "
-             + ", ".join(f"`{d}`" for d in sorted({d for found in frame["datasets"] for d in found})),
+             f"- data: {', '.join(f'{k}={v}' for k, v in data.items()) or 'the embedded scenes'}; pretrained on "
+             + (", ".join(f"`{d}`" for d in sorted({d for found in frame["pretrain_data"] for d in found})) or "-")
+             + "; datasets " + ", ".join(f"`{d}`" for d in sorted({d for found in frame["datasets"] for d in found})),
              f"- artifacts (sha256, first 12): {', '.join(artifacts) or 'none'}",
              f"- protocols: {'; '.join(protocols) or '-'}" + (f"; SVM solver {', '.join(solvers)}" if solvers else ""),
              f"- devices: {', '.join(sorted({str(r.get('device')) for r in used})) or '-'}",

@@ -8,7 +8,7 @@ same evaluation during pretraining (`train.monitor_every_epochs`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 
 from orl_bench.config import DataConfig, FeatureConfig, check_fields
 from orl_bench.data.classification import CLASSIFICATION_DATASETS, EmbeddedClassSpec, classification_split
+from orl_bench.data.sources import SYNTH_SOURCES
 from orl_bench.models.backbones import ResNet
 from orl_bench.registry import TASKS
 from orl_bench.tasks.base import BackboneRef
@@ -92,8 +93,8 @@ def knn_monitor(data: DataConfig, workdir: Path, device: torch.device, root: str
     ImageNet-style set in the pretraining data's look, or real ImageNet class folders at `root`."""
     if root:
         data, prep = DataConfig(source="imagenet", root=root), FeatureConfig(("res5_gap",), 256, 224, 128, 2)
-    elif data.source == "synth":
-        prep = FeatureConfig(("res5_gap",), 110, 96, 128, 1)
+    elif data.source in SYNTH_SOURCES:  # COCO+ or not, the same scenes' look
+        data, prep = replace(data, source="synth"), FeatureConfig(("res5_gap",), 110, 96, 128, 1)
     else:
         raise ValueError("train.monitor_every_epochs needs train.monitor_root (ImageNet class folders) when the "
                          f"pretraining data is not the embedded default (data.source={data.source})")

@@ -104,6 +104,21 @@ def test_a_rebuilt_correspondence_file_gives_a_new_stage3_artifact(built_copy):
     assert build(workdir)[1] != folder
 
 
+@pytest.mark.slow  # a second tiny chain: ~20 s
+def test_stage2_mines_the_unlabeled_images_of_the_embedded_coco_plus(workdir):
+    cfg, folder, _ = build(workdir, FAST + ["data.source=synth_plus"])
+    images = pretrain_images(cfg.data, workdir)
+    manifest = read_manifest(folder)
+    c = Correspondences.load(workdir / manifest["inputs"]["correspondences"]["path"], n_images=len(images.paths))
+    assert len(c) == 128 and c.image_ids == [im.id for split in images.coco for im in split.images]
+    unlabeled = range(64, 128)  # unlabeled2017 follows train2017; no annotations, selective-search boxes all the same
+    assert all(c.file_names[i] == images.paths[i].name for i in unlabeled)
+    assert sum(len(c.boxes[i]) for i in unlabeled) and sum(len(p) for i in unlabeled for p in c.pairs[i])
+    assert (c.knn >= 64).any()  # train2017 queries find neighbours among the unlabeled scenes too
+    stage1 = read_manifest(workdir / "artifacts" / c.info["stage1"])
+    assert stage1["data"] == manifest["data"] == {"source": "synth_plus", "key": images.key, "images": 128}
+
+
 def test_seed_overrides_reach_stage1(workdir):
     overrides = FAST + ["train.seed=3"]
     cfg, folder, _ = build(workdir, overrides)

@@ -24,6 +24,12 @@ def test_seeds_are_aggregated_with_the_paper_number_beside(tmp_path):
     assert to_csv(rows).splitlines()[0].startswith("task,metric,layer")
 
 
+def test_a_coco_plus_run_stands_beside_the_papers_coco_plus_number():
+    rows = summarize([record(30.0, 0, setup_hash="a"), record(33.0, 0, setup_hash="b", pretrain_data="synth_plus")],
+                     load_reference())
+    assert sorted((r["setup_hash"], r["paper"]) for r in rows) == [("a", 84.5), ("b", 87.0)]
+
+
 def test_records_are_appended_all_or_none(tmp_path):
     append_records(tmp_path, [record(1.0, 0)])
     bad = record(2.0, 1)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 
+import torch
+
+from orl_bench import pipeline
+from orl_bench.tasks.knn import knn_monitor
 from tests.conftest import content_files, run_main
 
 
@@ -27,3 +31,8 @@ def test_monitor_logs_knn_every_epoch_without_changing_the_artifact(capsys, tmp_
     # weights, train state and manifest must be the same bytes.
     trained = lambda home: {f: h for f, h in content_files(home).items() if not f.endswith("config.yaml")}  # noqa: E731
     assert trained(monitored) == trained(plain) and any(f.endswith(".safetensors") for f in trained(plain))
+
+
+def test_monitor_accepts_the_embedded_coco_plus(workdir):
+    data = pipeline.load_pretrain_config("byol", "tiny", ["data.source=synth_plus"]).data
+    assert callable(knn_monitor(data, workdir, torch.device("cpu")))  # the scenes' look, not a refusal
