@@ -27,7 +27,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from orl_bench.config import ConfigError, check_fields, config_hash, volatile
+from orl_bench.config import ConfigError, added_later, check_fields, config_hash, volatile
 from orl_bench.data.coco import CocoDataset
 from orl_bench.data.coco import check_layout as check_coco_layout
 from orl_bench.data.sources import real_root, synth_root
@@ -44,8 +44,9 @@ from orl_bench.registry import TASKS
 from orl_bench.results.records import CHANCE
 from orl_bench.tasks.base import BackboneRef, Task
 from orl_bench.tasks.detection_data import (AP_NAMES, InstanceImages, chance_results, check_instances, coco_ap,
-                                           coco_results)
-from orl_bench.tasks.detectron2_backend import launch_detectron2, require_detectron2, write_maskrcnn_config
+                                           coco_results, pass_order)
+from orl_bench.tasks.detectron2_backend import (TRAIN_ORDERS, launch_detectron2, require_detectron2,
+                                                write_maskrcnn_config)
 
 BOX_HEADS = ("4conv1fc", "2fc")
 BACKENDS = ("torchvision", "detectron2")
@@ -56,6 +57,12 @@ STAGES = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
 class MaskRCNNParams:
     backend: str = "torchvision"  # torchvision (built in) | detectron2 (when installed)
     num_gpus: int = volatile(1)  # detectron2 backend: GPUs its launcher spreads the batch over
+    # detectron2 backend: "seeded" trains on the built-in backend's batch order (resumes to the same
+    # weights), "detectron2" on its own sampler with aspect-ratio grouping (the official runs')
+    detectron2_train_order: str = added_later("seeded")
+    # detectron2 backend: the batches precise BN re-estimates the statistics over before testing
+    # (detectron2's default 200; the built-in backend has no precise BN)
+    precise_bn_iters: int = added_later(200)
     iterations: int = 90_000
     batch_size: int = 16  # images per iteration, over all ranks
     base_lr: float = 0.02  # at batch 16, scaled linearly with batch_size
@@ -93,9 +100,16 @@ class MaskRCNNParams:
 
     def __post_init__(self) -> None:
         check_fields(self, "params", ("iterations", self.iterations >= 1, ">= 1"),
-                     ("batch_size", self.batch_size >= 1, ">= 1"), ("base_lr", self.base_lr > 0, "> 0"))
+                     ("batch_size", self.batch_size >= 1, ">= 1"), ("base_lr", self.base_lr > 0, "> 0"),
+                     ("num_gpus", self.num_gpus >= 1, ">= 1"), ("precise_bn_iters", self.precise_bn_iters >= 1, ">= 1"))
         if self.backend not in BACKENDS:
             raise ValueError(f"params.backend must be one of {BACKENDS}, got '{self.backend}'")
+        if self.backend == "detectron2" and self.amp == "bf16":
+            raise ValueError("params.amp=bf16: the detectron2 backend autocasts to float16 only (its AMPTrainer); "
+                             "use fp16, off or auto (off there)")
+        if self.detectron2_train_order not in TRAIN_ORDERS:
+            raise ValueError(f"params.detectron2_train_order must be one of {TRAIN_ORDERS}, "
+                             f"got '{self.detectron2_train_order}'")
         if self.box_head not in BOX_HEADS:
             raise ValueError(f"params.box_head must be one of {BOX_HEADS}, got '{self.box_head}'")
         if list(self.steps) != sorted(self.steps) or any(not 0 < s < self.iterations for s in self.steps):
@@ -202,7 +216,7 @@ def fine_tune(model: nn.Module, data: InstanceImages, p: MaskRCNNParams, state_p
     tic = time.perf_counter()
     while iteration < p.iterations:
         # the pass's order from (seed, pass) alone; a resumed pass starts after its trained batches
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(p.seed * 1_000_003 + passes))
+        order = pass_order(len(data), p.seed, passes)
         batches = order[:per_pass * p.batch_size].view(per_pass, p.batch_size)[iteration - passes * per_pass:]
         mine = batches[:, info.rank * per_rank:(info.rank + 1) * per_rank].flatten().tolist()
         data.pass_index = passes
@@ -299,6 +313,9 @@ class CocoMaskRCNN(Task):
         return CocoDataset(self.real_root(), name)
 
     def check_data(self) -> None:
+        if self.params.backend == "detectron2":  # what it needs, before any pretraining
+            check_detectron2_processes(self.params, self.info)
+            require_detectron2()
         if self.cfg.data.source != "synth":
             for name in (self.params.train_split, self.params.val_split):
                 check_coco_layout(self.real_root(), name)
@@ -306,9 +323,7 @@ class CocoMaskRCNN(Task):
     def evaluate(self, ref: BackboneRef) -> list[dict[str, Any]]:
         p: MaskRCNNParams = self.params
         if p.backend == "detectron2":  # before reading any data: a missing detectron2 is the first thing said
-            if self.info.distributed:
-                raise ConfigError("params.backend=detectron2 launches its own processes (one per GPU, "
-                                  "params.num_gpus): run it without torchrun")
+            check_detectron2_processes(p, self.info)
             require_detectron2()
         train, val = self.split(p.train_split), self.split(p.val_split)
         for split in (train, val):
@@ -319,7 +334,7 @@ class CocoMaskRCNN(Task):
         run_dir = self.workdir / "evals" / f"coco_maskrcnn-{ref.sha256[:16]}-{settings}"
         if p.backend == "detectron2":
             ap, losses = self._with_detectron2(ref, train, val, run_dir), []
-            norm = ("SyncBN" if p.sync_bn else "BN") if p.norm else None
+            norm = ("SyncBN" if p.sync_bn and p.num_gpus > 1 else "BN") if p.norm else None
         else:
             torch.manual_seed(p.seed)
             model = build_maskrcnn(ref.backbone, len(train.categories), p)
@@ -333,7 +348,8 @@ class CocoMaskRCNN(Task):
             norm = ("SyncBN" if p.sync_bn and self.info.distributed else "BN") if p.norm else None
         dataset = f"{self.cfg.data.source}-{val.split}" if self.cfg.data.source != "synth" else \
             f"synth-{self.cfg.data.synth.digest()}-{val.split}"
-        amp = autocast_dtype(p.amp, self.device)
+        amp = (torch.float16 if detectron2_amp(p.amp, self.device) else None) if p.backend == "detectron2" \
+            else autocast_dtype(p.amp, self.device)
         common = {"layer": None, "dataset": dataset, "backend": p.backend, "iterations": p.iterations,
                   "batch_size": p.batch_size, "box_head": p.box_head, "world_size": self.info.world_size, "norm": norm,
                   "amp": str(amp).removeprefix("torch.") if amp else "off",
@@ -357,11 +373,12 @@ class CocoMaskRCNN(Task):
         datasets = [(f"orl_bench_{split.split}", str(split.ann_file), str(split.root / split.split))
                     for split in (train, val)]
         settings = detectron2_settings(p, ref.backbone, len(train.categories), self.device,
-                                       datasets[0][0], datasets[1][0])
+                                       datasets[0][0], datasets[1][0], mask_format(train))
         weights = run_dir / "backbone.pkl"
         save_detectron2(weights, {k: v.detach().cpu() for k, v in ref.backbone.state_dict().items()})
         config = write_maskrcnn_config(weights, run_dir / "detectron2", **settings)
-        results = launch_detectron2(config, datasets=datasets, num_gpus=p.num_gpus)
+        results = launch_detectron2(config, datasets=datasets, num_gpus=p.num_gpus,
+                                    train_order=p.detectron2_train_order)
         # detectron2 reports a size range without ground truth as NaN; None, as the built-in backend does
         return {kind: {name: (None if v != v else float(v)) for name in AP_NAMES for v in [results[key][name]]}
                 for kind, key in (("box", "bbox"), ("mask", "segm"))}
@@ -387,16 +404,44 @@ def resnet_depth(backbone: ResNet) -> int:
     return depth
 
 
+def check_detectron2_processes(p: MaskRCNNParams, info: DistInfo) -> None:
+    """detectron2 starts its own processes, one per GPU; on a machine without CUDA, one."""
+    if info.distributed:
+        raise ConfigError("params.backend=detectron2 launches its own processes (one per GPU, "
+                          "params.num_gpus): run it without torchrun")
+    gpus = torch.cuda.device_count()
+    if p.num_gpus > max(gpus, 1):
+        raise ConfigError(f"params.num_gpus={p.num_gpus} but this machine has {gpus} CUDA GPUs"
+                          + ("; without CUDA the detectron2 backend runs in one process (num_gpus=1)" if not gpus else ""))
+
+
+def mask_format(split: CocoDataset) -> str:
+    """detectron2's INPUT.MASK_FORMAT for the split's instance masks: "bitmask" where a non-crowd
+    segmentation is RLE (the embedded scenes'), "polygon" otherwise (COCO's)."""
+    rle = any(isinstance(a["segmentation"], dict) for i in range(len(split)) for a in split.annotations(i)
+              if not a.get("iscrowd", 0))
+    return "bitmask" if rle else "polygon"
+
+
+def detectron2_amp(amp: str, device: torch.device) -> bool:
+    """SOLVER.AMP.ENABLED: detectron2's AMPTrainer computes in float16 with a gradient scaler, so
+    amp=fp16 (on CUDA) turns it on; auto leaves it off, as the official configs do."""
+    return amp == "fp16" and device.type == "cuda"
+
+
 def detectron2_settings(p: MaskRCNNParams, backbone: ResNet, num_classes: int, device: torch.device,
-                        train_name: str, val_name: str) -> dict[str, Any]:
+                        train_name: str, val_name: str, masks: str = "polygon") -> dict[str, Any]:
     """maskrcnn_config's keywords for these params: the same protocol as the built-in backend."""
     return {"min_size_train": p.min_size_train, "max_size_train": p.max_size, "min_size_test": p.min_size_test,
             "max_size_test": p.max_size, "ims_per_batch": p.batch_size, "base_lr": p.base_lr * p.batch_size / 16,
+            "momentum": p.momentum, "weight_decay": p.weight_decay, "warmup_factor": p.warmup_factor,
             "steps": p.steps, "max_iter": p.iterations, "warmup_iters": p.warmup_iters, "box_head": p.box_head,
             "norm": "SyncBN" if p.sync_bn else "BN", "head_norm": ("SyncBN" if p.sync_bn else "BN") if p.norm else "",
             "depth": resnet_depth(backbone), "num_classes": num_classes, "fpn_channels": p.fpn_channels,
             "head_channels": p.head_channels, "box_fc": p.box_fc,
             "rpn_topk_train": (p.rpn_pre_nms_top_n_train, p.rpn_post_nms_top_n_train),
             "rpn_topk_test": (p.rpn_pre_nms_top_n_test, p.rpn_post_nms_top_n_test),
-            "rois_per_image": p.box_batch_size_per_image, "amp": autocast_dtype(p.amp, device) is not None,
-            "seed": p.seed, "train_datasets": (train_name,), "test_datasets": (val_name,)}
+            "rois_per_image": p.box_batch_size_per_image, "amp": detectron2_amp(p.amp, device),
+            "seed": p.seed, "device": device.type, "checkpoint_period": p.checkpoint_every,
+            "num_workers": p.num_workers, "precise_bn_iters": p.precise_bn_iters, "mask_format": masks,
+            "train_datasets": (train_name,), "test_datasets": (val_name,)}

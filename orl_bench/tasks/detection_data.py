@@ -89,6 +89,13 @@ class InstanceImages(Dataset):
         return image, target
 
 
+def pass_order(num_images: int, seed: int, pass_index: int) -> torch.Tensor:
+    """The training order of one pass over the images, from (seed, pass) alone, so a resumed run
+    and every rank draw the same one; both backends use it (the i-th global batch of a pass is
+    its i-th run of batch_size images)."""
+    return torch.randperm(num_images, generator=torch.Generator().manual_seed(seed * 1_000_003 + pass_index))
+
+
 def _json_rle(rle: dict) -> dict:
     """pycocotools' RLE with its byte-string counts as text, as a COCO results JSON holds it."""
     return {**rle, "counts": rle["counts"].decode("ascii")}

@@ -8,14 +8,22 @@ ORL's 4conv1fc box head. Generating it needs no detectron2; only `launch_detectr
 """
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import yaml
+from torch.utils.data import DataLoader
 
 from orl_bench.config import ConfigError
+from orl_bench.engine.checkpoint import save_torch
+from orl_bench.engine.trainer import seed_globals
+from orl_bench.faults import fault_point
 from orl_bench.io import atomic_write_text
+from orl_bench.tasks.detection_data import pass_order
 
 # ImageNet mean/std in 0..255 RGB: what torchvision's transforms normalise with.
 PIXEL_MEAN = [123.675, 116.280, 103.530]
@@ -38,7 +46,10 @@ def maskrcnn_config(weights: Path, output_dir: Path, *,
                     head_norm: str | None = None, freeze_at: int = 0, depth: int = 50, num_classes: int = 80,
                     fpn_channels: int = 256, head_channels: int = 256, box_fc: int = 1024,
                     rpn_topk_train: tuple[int, int] = (2000, 1000), rpn_topk_test: tuple[int, int] = (1000, 1000),
-                    rois_per_image: int = 512, amp: bool = False, seed: int = -1,
+                    rois_per_image: int = 512, amp: bool = False, seed: int = -1, device: str = "cuda",
+                    momentum: float = 0.9, weight_decay: float = 1e-4, warmup_factor: float = 0.001,
+                    checkpoint_period: int = 5000, num_workers: int = 4, precise_bn_iters: int = 200,
+                    mask_format: str = "polygon",
                     train_datasets: tuple[str, ...] = ("coco_2017_train",),
                     test_datasets: tuple[str, ...] = ("coco_2017_val",)) -> dict[str, Any]:
     """The detectron2 config (a nested dict of its keys) for Mask R-CNN R50-FPN, 1x by default.
@@ -46,7 +57,9 @@ def maskrcnn_config(weights: Path, output_dir: Path, *,
     `freeze_at=0` fine-tunes the stem and res2 too, as MoCo does: with SyncBN the pretrained
     normalisation is trained rather than frozen. `norm` is the backbone's, `head_norm` (default:
     the same) the FPN's and heads' ("" for none). `rpn_topk_*` are (pre-NMS per level,
-    post-NMS) proposals per image. Sequences are lists, as YAML has no tuples.
+    post-NMS) proposals per image. `device` is MODEL.DEVICE ("cpu" on a machine without CUDA:
+    detectron2 defaults to "cuda"). `mask_format` "bitmask" reads RLE segmentations (the
+    embedded scenes'), "polygon" COCO's. Sequences are lists, as YAML has no tuples.
     """
     head_norm = norm if head_norm is None else head_norm
     if box_head not in BOX_HEADS:
@@ -59,6 +72,7 @@ def maskrcnn_config(weights: Path, output_dir: Path, *,
         "OUTPUT_DIR": str(output_dir),
         "MODEL": {
             "META_ARCHITECTURE": "GeneralizedRCNN",
+            "DEVICE": device,
             "WEIGHTS": str(weights),
             "MASK_ON": True,
             "PIXEL_MEAN": PIXEL_MEAN,
@@ -80,11 +94,14 @@ def maskrcnn_config(weights: Path, output_dir: Path, *,
                               "CONV_DIM": head_channels, "POOLER_RESOLUTION": 14},
         },
         "INPUT": {"FORMAT": "RGB", "MIN_SIZE_TRAIN": list(min_size_train), "MAX_SIZE_TRAIN": max_size_train,
-                  "MIN_SIZE_TEST": min_size_test, "MAX_SIZE_TEST": max_size_test},
+                  "MIN_SIZE_TEST": min_size_test, "MAX_SIZE_TEST": max_size_test, "MASK_FORMAT": mask_format},
+        "DATALOADER": {"NUM_WORKERS": num_workers},
         "DATASETS": {"TRAIN": list(train_datasets), "TEST": list(test_datasets)},
-        "SOLVER": {"IMS_PER_BATCH": ims_per_batch, "BASE_LR": base_lr, "STEPS": list(steps),
-                   "MAX_ITER": max_iter, "WARMUP_ITERS": warmup_iters, "AMP": {"ENABLED": amp}},
-        "TEST": {"PRECISE_BN": {"ENABLED": True}},
+        "SOLVER": {"IMS_PER_BATCH": ims_per_batch, "BASE_LR": base_lr, "MOMENTUM": momentum,
+                   "WEIGHT_DECAY": weight_decay, "STEPS": list(steps), "MAX_ITER": max_iter,
+                   "WARMUP_FACTOR": warmup_factor, "WARMUP_ITERS": warmup_iters,
+                   "CHECKPOINT_PERIOD": checkpoint_period, "AMP": {"ENABLED": amp}},
+        "TEST": {"PRECISE_BN": {"ENABLED": True, "NUM_ITER": precise_bn_iters}},
         "SEED": seed,
     }
 
@@ -104,6 +121,10 @@ def write_maskrcnn_config(weights: Path, output_dir: Path, **settings: Any) -> P
 # (name, instances JSON, image folder) of a COCO-format split that detectron2 does not know by name
 DatasetSpec = tuple[str, str, str]
 RESULTS = "orl_bench_results.json"  # OUTPUT_DIR/<this>: detectron2's final COCO AP, by rank 0
+# The training stream: "seeded" (the built-in backend's order, resumable to the same weights) or
+# "detectron2" (its own TrainingSampler with aspect-ratio grouping, as the official runs; a
+# resumed run restarts that stream, so it continues with other batches than it would have).
+TRAIN_ORDERS = ("seeded", "detectron2")
 
 
 def require_detectron2() -> None:
@@ -115,48 +136,145 @@ def require_detectron2() -> None:
                           f"{INSTALL_HINT}") from e
 
 
-def _train(config_path: str, datasets: list[DatasetSpec]) -> None:
+def _as_is(batch: Any) -> Any:
+    return batch
+
+
+class _IterationBatches(torch.utils.data.Dataset):
+    """Item i: this rank's share of the i-th global batch, mapped by detectron2's mapper (resize
+    to a drawn shorter side, flip) with NumPy, which its augmentations draw from, seeded by
+    (seed, i): the same batch in any loader worker and after a resume."""
+
+    def __init__(self, dicts: list[dict], mapper: Any, global_batch: int, seed: int, rank: int, world_size: int):
+        if global_batch % world_size:
+            raise ConfigError(f"params.batch_size {global_batch} must divide over the {world_size} processes")
+        if global_batch > len(dicts):
+            raise ConfigError(f"params.batch_size {global_batch} is larger than the {len(dicts)} training images")
+        self.dicts, self.mapper, self.batch, self.seed = dicts, mapper, global_batch, seed
+        self.share = slice(rank * global_batch // world_size, (rank + 1) * global_batch // world_size)
+        self.per_pass = len(dicts) // global_batch
+
+    def __getitem__(self, iteration: int) -> list[dict]:
+        pass_index, k = divmod(iteration, self.per_pass)
+        batch = pass_order(len(self.dicts), self.seed, pass_index)[k * self.batch:(k + 1) * self.batch][self.share]
+        np.random.seed([self.seed, iteration])
+        return [self.mapper(self.dicts[i]) for i in batch.tolist()]  # the mapper copies the dict
+
+
+class SeededTrainLoader:
+    """detectron2's training data as an endless iterable of per-rank batches from iteration
+    `start` on (set after the checkpoint is loaded: detectron2 iterates its loader lazily)."""
+
+    def __init__(self, batches: _IterationBatches, num_workers: int):
+        self.batches, self.num_workers, self.start = batches, num_workers, 0
+
+    def __iter__(self):
+        # its own generator: a loader started draws its workers' base seed from the one it is given,
+        # which would otherwise be torch's global one, between this iteration's seeding and its step
+        return iter(DataLoader(self.batches, batch_size=None, sampler=itertools.count(self.start),
+                               collate_fn=_as_is, num_workers=self.num_workers,
+                               generator=torch.Generator().manual_seed(self.batches.seed)))
+
+
+def _train(config_path: str, datasets: list[DatasetSpec], train_order: str) -> None:
     """One process of a detectron2 training run (module level, so launch can spawn it): register
     the splits, train (resuming from OUTPUT_DIR's last checkpoint if there is one), evaluate, and
     write the AP as JSON on rank 0."""
+    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
+    from detectron2.data import DatasetMapper, get_detection_dataset_dicts
     from detectron2.data.datasets import register_coco_instances
-    from detectron2.engine import DefaultTrainer
+    from detectron2.engine import DefaultTrainer, HookBase, hooks
     from detectron2.evaluation import COCOEvaluator
     from detectron2.utils import comm
 
+    class AtomicCheckpointer(DetectionCheckpointer):
+        """detectron2's checkpointer, writing each file whole or not at all: a kill during a save
+        leaves the previous checkpoint and its `last_checkpoint` tag intact."""
+
+        def save(self, name: str, **extra: Any) -> None:
+            if not self.save_dir or not self.save_to_disk:
+                return
+            save_torch(Path(self.save_dir) / f"{name}.pth",
+                       {"model": self.model.state_dict(), **{k: v.state_dict() for k, v in self.checkpointables.items()},
+                        **extra})
+            self.tag_last_checkpoint(f"{name}.pth")
+
+        def tag_last_checkpoint(self, basename: str) -> None:
+            atomic_write_text(Path(self.save_dir) / "last_checkpoint", basename)
+
     class Trainer(DefaultTrainer):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            self.checkpointer = AtomicCheckpointer(self.model, cfg.OUTPUT_DIR,
+                                                   **self.checkpointer.checkpointables)
+            for hook in self._hooks:
+                if isinstance(hook, hooks.PeriodicCheckpointer):
+                    hook.checkpointer = self.checkpointer
+
         @classmethod
         def build_evaluator(cls, cfg, dataset_name):  # DefaultTrainer defines none: COCO box and mask AP
             return COCOEvaluator(dataset_name, output_dir=str(Path(cfg.OUTPUT_DIR) / "inference"))
+
+        @classmethod
+        def build_train_loader(cls, cfg):
+            if train_order == "detectron2":
+                return super().build_train_loader(cfg)
+            dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+            batches = _IterationBatches(dicts, DatasetMapper(cfg, is_train=True), cfg.SOLVER.IMS_PER_BATCH,
+                                        cfg.SEED, comm.get_rank(), comm.get_world_size())
+            return SeededTrainLoader(batches, cfg.DATALOADER.NUM_WORKERS)
+
+        def resume_or_load(self, resume=True):
+            super().resume_or_load(resume)
+            if isinstance(self._trainer.data_loader, SeededTrainLoader):
+                self._trainer.data_loader.start = self.start_iter
+
+    class SeedEachIteration(HookBase):
+        """Global generators from (seed, iteration) before each step (proposal and RoI sampling
+        draw from torch's), so a resumed run draws what the uninterrupted one drew."""
+
+        def before_step(self):
+            seed_globals(self.trainer.cfg.SEED, self.trainer.iter)
+
+    class FaultAfterCheckpoint(HookBase):
+        def after_step(self):
+            if (self.trainer.iter + 1) % self.trainer.cfg.SOLVER.CHECKPOINT_PERIOD == 0:
+                fault_point("detection.checkpoint")
 
     for name, json_file, image_root in datasets:
         register_coco_instances(name, {}, json_file, image_root)
     cfg = get_cfg()
     cfg.merge_from_file(config_path)
     cfg.freeze()
+    torch.manual_seed(cfg.SEED)  # the FPN's and heads' initial weights
     trainer = Trainer(cfg)
+    hooks_to_add = [FaultAfterCheckpoint()] if comm.is_main_process() else []
+    trainer.register_hooks([SeedEachIteration(), *hooks_to_add] if train_order == "seeded" else hooks_to_add)
     trainer.resume_or_load(resume=True)  # MODEL.WEIGHTS on the first run, the last checkpoint after a kill
-    results = trainer.train()  # the final evaluation's {"bbox": {"AP": ...}, "segm": {...}} on rank 0
-    if comm.is_main_process():
-        atomic_write_text(Path(cfg.OUTPUT_DIR) / RESULTS, json.dumps(results))
+    trainer.train()
+    if comm.is_main_process():  # the final evaluation's {"bbox": {"AP": ...}, "segm": {...}}
+        atomic_write_text(Path(cfg.OUTPUT_DIR) / RESULTS, json.dumps(trainer._last_eval_results))
 
 
-def launch_detectron2(config_path: Path, *, datasets: list[DatasetSpec] = (), num_gpus: int = 1) -> dict[str, Any]:
-    """Train and evaluate the config with detectron2's DefaultTrainer on `num_gpus` GPUs of this
-    machine, continuing from the last checkpoint in OUTPUT_DIR if a run was interrupted, after
-    registering `datasets`. Returns detectron2's COCO results ({"bbox": {"AP": ..., "AP50": ...},
-    "segm": {...}}), also kept in OUTPUT_DIR/orl_bench_results.json.
+def launch_detectron2(config_path: Path, *, datasets: list[DatasetSpec] = (), num_gpus: int = 1,
+                      train_order: str = "seeded") -> dict[str, Any]:
+    """Train and evaluate the config with detectron2's DefaultTrainer in `num_gpus` processes (one
+    per GPU; one on a machine without CUDA), continuing from the last checkpoint in OUTPUT_DIR if
+    a run was interrupted, after registering `datasets`. `train_order`: see TRAIN_ORDERS. Returns
+    detectron2's COCO results ({"bbox": {"AP": ..., "AP50": ...}, "segm": {...}}), also kept in
+    OUTPUT_DIR/orl_bench_results.json.
 
-    detectron2 is imported here only, so the rest of orl-bench never needs it. This branch is not
-    exercised by the tests (detectron2 is not installed where they run); without detectron2 it
+    detectron2 is imported here only, so the rest of orl-bench never needs it; without it this
     raises a ConfigError saying how to install it or which backend to use instead.
     """
     require_detectron2()
     from detectron2.engine import launch
     if not Path(config_path).is_file():
         raise ConfigError(f"detectron2 config {config_path} not found; expected the file write_maskrcnn_config wrote")
-    launch(_train, num_gpus, dist_url="auto", args=(str(config_path), list(datasets)))
+    if train_order not in TRAIN_ORDERS:
+        raise ConfigError(f"train_order must be one of {', '.join(TRAIN_ORDERS)}, got '{train_order}'")
+    launch(_train, num_gpus, dist_url="auto", args=(str(config_path), list(datasets), train_order))
     out = Path(yaml.safe_load(Path(config_path).read_text())["OUTPUT_DIR"]) / RESULTS
     if not out.is_file():
         raise RuntimeError(f"detectron2 finished without writing its evaluation to {out}")

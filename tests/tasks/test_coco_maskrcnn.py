@@ -217,11 +217,58 @@ def test_detectron2_config_follows_the_task_params(tmp_path):
     assert cfg["MODEL"]["RESNETS"]["DEPTH"] == 50 and cfg["MODEL"]["RESNETS"]["NORM"] == "BN"
     assert cfg["MODEL"]["FPN"]["NORM"] == "" and cfg["MODEL"]["ROI_BOX_HEAD"]["NORM"] == ""
     assert cfg["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == 20 and cfg["MODEL"]["ROI_HEADS"]["BATCH_SIZE_PER_IMAGE"] == 512
-    assert cfg["SOLVER"] == {"IMS_PER_BATCH": 8, "BASE_LR": 0.01, "STEPS": [70], "MAX_ITER": 100, "WARMUP_ITERS": 10,
+    assert cfg["SOLVER"] == {"IMS_PER_BATCH": 8, "BASE_LR": 0.01, "MOMENTUM": 0.9, "WEIGHT_DECAY": 1e-4, "STEPS": [70],
+                             "MAX_ITER": 100, "WARMUP_FACTOR": 0.001, "WARMUP_ITERS": 10, "CHECKPOINT_PERIOD": 500,
                              "AMP": {"ENABLED": False}}
+    assert cfg["MODEL"]["DEVICE"] == "cpu" and cfg["TEST"]["PRECISE_BN"] == {"ENABLED": True, "NUM_ITER": 200}
     assert cfg["INPUT"]["MIN_SIZE_TRAIN"] == [600, 800] and cfg["DATASETS"] == {"TRAIN": ["tr"], "TEST": ["va"]}
     assert maskrcnn_config("w.pkl", "out", **{**settings, "depth": resnet_depth(build_backbone("resnet18"))}
                            )["MODEL"]["RESNETS"]["RES2_OUT_CHANNELS"] == 64
     with pytest.raises(ConfigError, match=r"torchvision's width \(stem 64\); this backbone has blocks \(2, 2, 2, 2\) "
                                           r"and a stem of 16 channels"):
         resnet_depth(build_backbone("resnet18", 16))
+
+
+def test_detectron2_batches_are_the_built_in_order_split_over_ranks_and_reseeded_per_iteration():
+    """Iteration i's global batch is the i-th run of the built-in backend's pass order; each rank
+    maps its contiguous share; the mapper's NumPy draws depend on (seed, i) alone."""
+    from orl_bench.tasks.detection_data import pass_order
+    from orl_bench.tasks.detectron2_backend import _IterationBatches
+
+    def mapper(d):
+        return d["i"], np.random.random()
+
+    dicts = [{"i": i} for i in range(10)]
+    ranks = [_IterationBatches(dicts, mapper, 4, seed=3, rank=r, world_size=2) for r in range(2)]
+    for iteration in range(5):  # two full batches per pass of 10: iterations 2-3 are the second pass
+        pass_index, k = divmod(iteration, 2)
+        expected = pass_order(10, 3, pass_index)[4 * k:4 * k + 4].tolist()
+        got = [item for r in ranks for item in r[iteration]]
+        assert [i for i, _ in got] == expected
+        np.random.seed(99)  # whatever the process drew before, the batch is the same
+        assert ranks[0][iteration] == ranks[0][iteration]
+    with pytest.raises(ConfigError, match="batch_size 3 must divide over the 2 processes"):
+        _IterationBatches(dicts, mapper, 3, seed=0, rank=0, world_size=2)
+
+
+def test_detectron2_mask_format_follows_the_annotations(tmp_path):
+    assert coco_maskrcnn.mask_format(write_coco(tmp_path / "poly", [square(1, 5, 5, 10)])) == "polygon"
+    rle = {**square(1, 5, 5, 10), "segmentation": {"size": [30, 40], "counts": "0"}}
+    assert coco_maskrcnn.mask_format(write_coco(tmp_path / "rle", [rle])) == "bitmask"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["task.params.amp=bf16"], "params.amp=bf16: the detectron2 backend autocasts to float16 only"),
+    (["task.params.detectron2_train_order=random"], "params.detectron2_train_order must be one of"),
+    (["task.params.num_gpus=2"], "params.num_gpus=2 but this machine has 0 CUDA GPUs"),
+])
+def test_detectron2_options_fail_in_one_line_before_any_work(overrides, message, capsys, workdir):
+    from orl_bench.cli import main
+    if torch.cuda.is_available() and "num_gpus" in overrides[0]:
+        pytest.skip("a machine with CUDA GPUs")
+    args = ["run", "--method", "byol", "--recipe", "tiny", "--task", "coco_maskrcnn", "--workdir", str(workdir),
+            "--set", "task.params.backend=detectron2"]
+    assert main([*args, *[x for o in overrides for x in ("--set", o)]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (workdir / "artifacts").exists() and not (workdir / "evals").exists()
