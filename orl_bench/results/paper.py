@@ -78,6 +78,9 @@ class PaperTable:
     columns: tuple[Column, ...]
     rows: tuple[Row, ...]
     notes: str
+    # rows of ours the paper's table lacks (methods it reports in another table), run beside its
+    # rows and shown without a paper number
+    extra_rows: tuple[Row, ...] = ()
 
     def __iter__(self) -> Iterator[Row]:
         return iter(self.rows)
@@ -179,8 +182,16 @@ def _parse_table(name: str, raw: Any, source: str, kinds: tuple, names: dict) ->
             f" ({names.get('pretrain_data', {}).get(data, data)})" if data else "")
         rows.append(Row(method, data, {k: float(v) for k, v in values.items()}, variant,
                         str(r.get("label", label))))
+    extra = []
+    for i, r in enumerate(raw.get("extra_rows") or [], 1):
+        check(isinstance(r, dict) and set(r) == {"method", "pretrain_data"} and isinstance(r["method"], str),
+              f"extra row {i} must be {{method, pretrain_data}} (no values: the paper has none), got {r!r}")
+        data = r["pretrain_data"]
+        label = names.get("methods", {}).get(r["method"], r["method"]) + (
+            f" ({names.get('pretrain_data', {}).get(data, data)})" if data else "")
+        extra.append(Row(r["method"], data, {}, {}, f"{label}, not in this table of the paper"))
     return PaperTable(name, raw["title"], kind, tuple(columns), tuple(rows),
-                      str(raw.get("notes", "")))
+                      str(raw.get("notes", "")), tuple(extra))
 
 
 def _check_variant(where: str, variant: dict, source: str) -> None:

@@ -101,7 +101,7 @@ def _label(ref: PaperReference, method: str) -> str:
 def plan_rows(table: PaperTable, scale: str, ref: PaperReference, pre_data: dict[str, list[str]]) -> list[RowPlan]:
     rows = [RowPlan("Chance", CHANCE, None, {})]
     if table.kind == "main":
-        for row in table.rows:
+        for row in (*table.rows, *table.extra_rows):
             label, paper, coco_plus = row.label, dict(row.values), row.pretrain_data == "coco_plus"
             if row.method != pipeline.RANDOM and row.method not in METHODS.names():
                 rows.append(RowPlan(label, row.method, None, paper, "not implemented in orl-bench"))

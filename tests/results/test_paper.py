@@ -254,6 +254,7 @@ MALFORMED = [
     (_set(("tables", "table1", "rows", 2, "method"), _DELETE), r"table1.*row 3.*'method'"),
     (_set(("tables", "table3", "rows", 0, "pretrain_data"), _DELETE), r"table3.*row 1.*pretrain"),
     (_set(("tables", "table4", "rows", 1, "values"), {}), r"table4.*row 2 \(supervised\)"),
+    (_set(("tables", "table1", "extra_rows", 0, "values"), {"voc07": 80.0}), r"table1.*extra row 1 must be"),
     (_set(("tables", "table5b", "rows", 0, "knnk"), 1), r"table5b.*row 1 \(orl\).*knnk"),
     (_set(("tables", "table5e", "rows", 2, "epochs"), "many"), r"table5e.*row 3.*epochs"),
     (_set(("tables", "table1", "kind"), "mian"), r"table1.*kind"),

@@ -36,6 +36,15 @@ def test_main_table_rows_say_why_they_cannot_be_built(ref):
     assert with_coco["ORL (COCO+)"].missing.startswith("dataset absent")  # never the scenes beside real COCO
 
 
+def test_tables_1_and_2_run_densecl_and_selfemd_beside_the_papers_rows_without_a_paper_number(ref):
+    for number in "12":
+        rows = by_label(tables.plan_rows(ref.table(f"table{number}"), "default", ref, {}))
+        for label in ("DenseCL (COCO), not in this table of the paper", "Self-EMD (COCO), not in this table of the paper"):
+            assert rows[label].recipe == "default" and rows[label].paper == {} and rows[label].missing is None
+    table4 = by_label(tables.plan_rows(ref.table("table4"), "default", ref, {}))
+    assert table4["DenseCL (COCO)"].paper["ap_mk"] == 35.7 and not any("not in this" in label for label in table4)
+
+
 @pytest.mark.parametrize("scale", ["tiny", "default"])
 def test_coco_plus_rows_pretrain_on_the_embedded_coco_plus_at_the_embedded_scales(ref, scale):
     for number in "1234":
