@@ -20,7 +20,7 @@ from torch import nn
 from orl_bench.config import PretrainConfig
 from orl_bench.methods.base import Progress
 from orl_bench.methods.contrastive import info_nce
-from orl_bench.methods.mocov2 import MoCoV2, MoCoV2Params, enqueue_into
+from orl_bench.methods.mocov2 import MoCoV2, MoCoV2Params, enqueue_into, projection_head
 from orl_bench.models.backbones import ResNet
 from orl_bench.registry import METHODS
 
@@ -32,6 +32,7 @@ DENSE_LAYERS = ("res5", "res4")
 @dataclass(frozen=True)
 class DenseCLParams(MoCoV2Params):
     # queue_size sizes both queues, as the official code's one queue_len
+    head_init: str = "kaiming"  # the official neck's init_linear='kaiming'
     loss_lambda: float = 0.5  # weight of the dense loss; the global one gets 1 - loss_lambda
     dense_layer: str = "res5"
     # steps trained on the global loss alone (lambda 0) before the dense one joins: the official
@@ -52,16 +53,12 @@ class DenseEncoder(nn.Module):
     """Images -> (global projection (N, proj_dim), dense projections (N, proj_dim, positions),
     the `dense_layer` backbone map (N, channels, positions)); none normalised."""
 
-    def __init__(self, backbone: ResNet, dense_layer: str, hidden_dim: int, proj_dim: int):
+    def __init__(self, backbone: ResNet, dense_layer: str, hidden_dim: int, proj_dim: int, head_init: str):
         super().__init__()
         self.backbone = backbone
         self.dense_layer = dense_layer
         features = backbone.num_features
-        self.head = nn.Sequential(nn.Linear(features, hidden_dim), nn.ReLU(inplace=True),
-                                  nn.Linear(hidden_dim, proj_dim))
-        for linear in self.head[::2]:  # the official neck's init_linear='kaiming'
-            nn.init.kaiming_normal_(linear.weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(linear.bias)
+        self.head = projection_head(features, hidden_dim, proj_dim, head_init)
         dense_channels = features if dense_layer == "res5" else features // 2  # every ResNet halves res5 at res4
         # PyTorch's default init: the official neck initialises only its Linear and norm layers
         self.dense_head = nn.Sequential(nn.Conv2d(dense_channels, hidden_dim, 1), nn.ReLU(inplace=True),
@@ -110,7 +107,7 @@ class DenseCL(MoCoV2):
     def build_query(self) -> DenseEncoder:
         p = self.params
         self.backbone = self.build_backbone()
-        return DenseEncoder(self.backbone, p.dense_layer, p.hidden_dim, p.proj_dim)
+        return DenseEncoder(self.backbone, p.dense_layer, p.hidden_dim, p.proj_dim, p.head_init)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], progress: Progress) -> dict[str, torch.Tensor]:
         p = self.params

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orl_bench.config import ConfigError, PretrainConfig
+from orl_bench.config import ConfigError, PretrainConfig, added_later
 from orl_bench.data.views import ViewParams, ViewSpec, sample_seed, two_view_specs
 from orl_bench.engine.distributed import all_gather, world_size
 from orl_bench.methods.base import Method, Progress, ema_update, make_target
@@ -27,6 +27,9 @@ from orl_bench.registry import METHODS
 # its queries come from, which would let BN leak the positive); sync: every BN synchronised across
 # ranks (the trainer's train.sync_bn, query encoder included); local: per-rank BN, unshuffled.
 KEY_BN = ("shuffle", "sync", "local")
+# The head's Linear layers: "kaiming" (normal, fan-in, ReLU gain, zero bias) as the official
+# OpenSelfSup MoCo and DenseCL code; "torch" PyTorch's default (uniform over +-1/sqrt(fan-in)).
+HEAD_INITS = ("kaiming", "torch")
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,12 @@ class MoCoV2Params:
     momentum: float = 0.999  # constant: MoCo has no momentum schedule
     queue_size: int = 65536
     key_bn: str = "shuffle"
+    head_init: str = added_later("torch")  # added after mocov2 artifacts existed; paper recipe: kaiming
 
     def __post_init__(self) -> None:
         check_temperature(self.temperature)
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"method.head_init must be one of {', '.join(HEAD_INITS)}, got '{self.head_init}'")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"method.momentum must be in [0, 1), got {self.momentum}")
         if self.queue_size < 1:
@@ -77,8 +83,7 @@ class MoCoV2(Method):
         p = self.params
         self.backbone = self.build_backbone()
         # The v2 head: Linear -> ReLU -> Linear, both with bias and no BN (the official code's).
-        self.head = nn.Sequential(nn.Linear(self.backbone.num_features, p.hidden_dim), nn.ReLU(inplace=True),
-                                  nn.Linear(p.hidden_dim, p.proj_dim))
+        self.head = projection_head(self.backbone.num_features, p.hidden_dim, p.proj_dim, p.head_init)
         return nn.Sequential(self.backbone, self.head)
 
     def view_specs(self) -> list[ViewSpec]:
@@ -122,6 +127,16 @@ class MoCoV2(Method):
 
     def enqueue(self, keys: torch.Tensor) -> None:
         enqueue_into(self.queue, self.queue_ptr, keys)
+
+
+def projection_head(features: int, hidden_dim: int, proj_dim: int, init: str) -> nn.Sequential:
+    """MoCo v2's head: Linear -> ReLU -> Linear, both with bias and no BN (the official code's)."""
+    head = nn.Sequential(nn.Linear(features, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, proj_dim))
+    if init == "kaiming":
+        for linear in head[::2]:
+            nn.init.kaiming_normal_(linear.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(linear.bias)
+    return head
 
 
 @torch.no_grad()

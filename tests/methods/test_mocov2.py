@@ -137,3 +137,15 @@ def test_two_ranks_hold_the_queue_of_one_process_and_shuffle_keys_across_ranks(t
         seen = torch.cat([r["seen"][step] for r in ranks])
         assert sorted(seen.sum(dim=(1, 2, 3)).tolist()) == sorted(step_images.sum(dim=(1, 2, 3)).tolist())
     assert shuffled_any, "no rank's key encoder ever saw another rank's images"
+
+
+def test_head_init_kaiming_is_the_official_fan_in_normal_with_zero_bias():
+    torch.manual_seed(0)
+    head = tiny_moco("method.head_init=kaiming").head
+    for linear in head[::2]:
+        fan_in = linear.weight.shape[1]
+        assert torch.count_nonzero(linear.bias) == 0
+        assert linear.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.15)
+    default = tiny_moco().head[0]
+    assert default.weight.abs().max().item() <= 1 / default.weight.shape[1] ** 0.5  # PyTorch's uniform bound
+    assert pipeline.load_pretrain_config("mocov2", "paper", []).method["head_init"] == "kaiming"
