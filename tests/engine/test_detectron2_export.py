@@ -128,9 +128,11 @@ def test_maskrcnn_config_yaml(tmp_path):
         model["ROI_BOX_HEAD"].items()
     assert model["ROI_MASK_HEAD"]["NORM"] == "SyncBN"
     assert cfg["INPUT"] == {"FORMAT": "RGB", "MIN_SIZE_TRAIN": [640, 672, 704, 736, 768, 800],
-                            "MAX_SIZE_TRAIN": 1333, "MIN_SIZE_TEST": 800, "MAX_SIZE_TEST": 1333}
-    assert cfg["SOLVER"] == {"IMS_PER_BATCH": 16, "BASE_LR": 0.02, "STEPS": [60000, 80000], "MAX_ITER": 90000,
-                             "WARMUP_ITERS": 1000, "AMP": {"ENABLED": False}}
+                            "MAX_SIZE_TRAIN": 1333, "MIN_SIZE_TEST": 800, "MAX_SIZE_TEST": 1333, "MASK_FORMAT": "polygon"}
+    assert cfg["SOLVER"] == {"IMS_PER_BATCH": 16, "BASE_LR": 0.02, "MOMENTUM": 0.9, "WEIGHT_DECAY": 1e-4,
+                             "STEPS": [60000, 80000], "MAX_ITER": 90000, "WARMUP_FACTOR": 0.001, "WARMUP_ITERS": 1000,
+                             "CHECKPOINT_PERIOD": 5000, "AMP": {"ENABLED": False}}
+    assert model["DEVICE"] == "cuda" and cfg["DATALOADER"] == {"NUM_WORKERS": 4}
     assert cfg["TEST"]["PRECISE_BN"]["ENABLED"] is True
     assert cfg["DATASETS"] == {"TRAIN": ["coco_2017_train"], "TEST": ["coco_2017_val"]}
     assert cfg["OUTPUT_DIR"] == str((tmp_path / "run").resolve())
