@@ -32,7 +32,10 @@ DIFFERENCES = {
     "box_losses": "detectron2's RPN and box regression use smooth L1 with beta 0 (L1); torchvision's beta 1/9",
     "resize": "detectron2 resizes the image with PIL in the loader (ResizeShortestEdge); torchvision by bilinear "
               "interpolation of the tensor inside the model",
-    "initialisation": "each library initialises the FPN and the heads its own way (from params.seed in both)",
+    "initialisation": "each library initialises the FPN and the heads its own way (from params.seed in both): "
+                      "detectron2's mask predictor starts from normal(std 0.001) weights, its box predictor from "
+                      "normal(0.01) / normal(0.001), its head convs c2_msra / c2_xavier; torchvision's mask "
+                      "predictor and head convs from Kaiming normal (fan-out)",
 }
 
 

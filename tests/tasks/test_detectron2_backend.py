@@ -19,7 +19,7 @@ from orl_bench.tasks.coco_maskrcnn import MaskRCNNParams, detectron2_settings  #
 from orl_bench.tasks.detectron2_backend import write_maskrcnn_config  # noqa: E402
 from tests.conftest import run_cli, straight_then_killed  # noqa: E402
 
-RUN = ["run", "--method", "random", "--recipe", "tiny", "--task", "coco_maskrcnn", "--set", "model.width=64",
+RUN = ["run", "--method", "byol", "--recipe", "tiny", "--task", "coco_maskrcnn", "--set", "model.width=64",
        "--set", "task.params.backend=detectron2"]
 
 
@@ -41,7 +41,7 @@ def test_detectron2_trains_on_cpu_and_resumes_after_kill_to_the_same_weights(tmp
     assert straight.keys() == again.keys()
     for key, value in straight.items():
         assert torch.equal(value, again[key]), key
-    rows = {r["metric"]: r for r in load_records(homes["straight"]) if r["method"] == "random"}
+    rows = {r["metric"]: r for r in load_records(homes["straight"]) if r["method"] == "byol"}
     assert {"box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75"} <= set(rows)
     assert all(r["backend"] == "detectron2" and r["norm"] == "BN" and r["amp"] == "off" for r in rows.values())
     same = ("method", "metric", "value")
