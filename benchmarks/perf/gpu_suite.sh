@@ -21,6 +21,13 @@ $PY -m orl_bench.cli rehearse --recipe paper --workdir "$WORK" --out results/reh
   || echo "gpu_suite: the rehearsal reported failures (results/rehearsal/paper_gpu.md)" >&2
 
 $PY -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tee "$RESULTS/gpu_tests.log"
+# detectron2's trainer on the GPU (MODEL.DEVICE cuda), where detectron2 is installed: its end-to-end
+# test (fine-tune, kill -9, resume to the same weights) and the paper config check.
+if $PY -c "import detectron2" 2>/dev/null; then
+  $PY -m pytest tests/tasks/test_detectron2_backend.py -q -p no:cacheprovider 2>&1 | tee "$RESULTS/detectron2_gpu_tests.log"
+else
+  echo "gpu_suite: detectron2 is not installed; its backend is not run on the GPU" >&2
+fi
 
 SCENES=(--set data.source=synth --set "data.synth={height: 480, width: 640, coco_train: 2048, coco_val: 0, voc_trainval: 0, voc_test: 0}")
 RUN=("${SCENES[@]}" --set "train.batch_size=$BATCH" --set train.epochs=1)
