@@ -157,3 +157,19 @@ def test_a_sample_is_a_function_of_seed_and_key(tmp_path):
     other = UniVIPDataset([path], boxes, p, seed=3)[8][1]
     assert not torch.equal(first[0], other[0])
     assert [x.shape for x in first] == [(3, 32, 32), (3, 32, 32), (4, 3, 16, 16), (4, 3, 16, 16), ()]
+
+
+def test_transport_runs_in_float32_under_autocast():
+    """bf16 would round each cosine by up to ~0.004, which eps magnifies in the plan's exponent."""
+    from orl_bench.methods.sinkhorn import similarity_masses, transported_cosine
+    g = torch.Generator().manual_seed(0)
+    online, target, scene = torch.randn(2, 5, 16, generator=g), torch.randn(2, 4, 16, generator=g), torch.randn(2, 16)
+
+    def both():
+        masses = similarity_masses(online, scene), similarity_masses(target, scene)
+        return masses[0], transported_cosine(online, target, *masses, 0.05, 50)
+
+    plain = both()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = both()
+    assert all(m.dtype == torch.float32 and torch.equal(m, p) for m, p in zip(mixed, plain))
