@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from orl_bench import pipeline, preflight, rehearse
-from orl_bench.config import (RECIPE_KINDS, ConfigError, DataConfig, apply_overrides, dump_yaml, find_recipe,
-                              from_dict, load_yaml_recipe, recipe_root)
+from orl_bench import pipeline, preflight, rehearse, slurm
+from orl_bench.config import (RECIPE_KINDS, ConfigError, DataConfig, PretrainConfig, TaskConfig, apply_overrides,
+                              dump_yaml, find_recipe, from_dict, load_yaml_recipe, recipe_root)
 from orl_bench.data.images import DatasetLayoutError
 from orl_bench.data.sources import SYNTH_SOURCES
 from orl_bench.engine.checkpoint import CheckpointError, load_backbone, read_manifest
@@ -36,9 +36,9 @@ from orl_bench.results.report import at_a_glance, glance_markdown, summarize, to
 
 # Errors answered with one line and exit status 2: bad input, a failing disk (OSError: unreadable,
 # missing or wrong-kind paths, a full disk; what was written before stays whole) and a diverged
-# training run (its last checkpoint stays whole).
+# training run (its last checkpoint stays whole), and Slurm refusing or losing a submitted job.
 USER_ERRORS = (ConfigError, RegistryError, DatasetLayoutError, CheckpointError, OSError, ValueError,
-               TrainingDiverged)
+               TrainingDiverged, slurm.SlurmError)
 
 
 def workdir_of(args: argparse.Namespace) -> Path:
@@ -63,11 +63,13 @@ def seed_overrides(args: argparse.Namespace) -> list[str]:
     return args.overrides + ([f"train.seed={args.seed}"] if args.seed is not None else [])
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    if args.records_out and Path(args.records_out).is_dir():  # checked before hours of training, not after
+def check_run(args: argparse.Namespace) -> tuple[list[str], TaskConfig, PretrainConfig | None]:
+    """`run`'s configs, checked before hours of training (and before a Slurm job is submitted):
+    (pretraining overrides, benchmark config, pretraining config or None with --checkpoint)."""
+    if args.records_out and Path(args.records_out).is_dir():
         raise ConfigError(f"--records-out {args.records_out} is a directory; expected a file path for the "
                           "run's records (JSON lines)")
-    workdir, info = workdir_of(args), init_distributed()
+    workdir = workdir_of(args)
     pre_over, task_over = pipeline.split_overrides(seed_overrides(args))
     task_cfg = pipeline.load_task_config(args.task, args.task_recipe or pipeline.benchmark_recipe(args.recipe),
                                          task_over)
@@ -75,6 +77,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     preflight.check(workdir, [(cfg, pre_over)] if cfg else [], [task_cfg],
                     [("work directory", workdir)]
                     + ([("--records-out folder", Path(args.records_out).parent)] if args.records_out else []))
+    return pre_over, task_cfg, cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    info = init_distributed()
+    workdir, (pre_over, task_cfg, cfg) = workdir_of(args), check_run(args)
     t0 = time.perf_counter()
     if args.checkpoint:
         ref = pipeline.checkpoint_ref(Path(args.checkpoint), args.arch, args.width, args.label)
@@ -99,6 +107,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_pretrain(args: argparse.Namespace) -> None:
+    """What a Slurm job of `pretrain` would fail on at once: the recipe, its data, the work directory."""
+    overrides, workdir = seed_overrides(args), workdir_of(args)
+    preflight.check(workdir, [(pipeline.load_pretrain_config(args.method, args.recipe, overrides), overrides)],
+                    writes=[("work directory", workdir)])
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     info = init_distributed()
     overrides = seed_overrides(args)
@@ -109,14 +124,22 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    workdir, info = workdir_of(args), init_distributed()
-    if not (info.is_main or TASKS.get(args.task).distributed):
-        return 0
+def check_eval(args: argparse.Namespace) -> TaskConfig:
+    """`eval`'s benchmark config, checked with the backbone given (one, and an artifact's manifest)."""
     overrides = [o[len("task."):] if o.startswith("task.") else o for o in args.overrides]
     task_cfg = pipeline.load_task_config(args.task, args.recipe, overrides)
     if bool(args.artifact) == bool(args.checkpoint):
         raise ConfigError("give exactly one of --artifact DIR (an orl-bench artifact) or --checkpoint FILE")
+    if args.artifact:
+        read_manifest(Path(args.artifact))  # a mistyped folder fails here, not in a queued job
+    return task_cfg
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    workdir, info = workdir_of(args), init_distributed()
+    if not (info.is_main or TASKS.get(args.task).distributed):
+        return 0
+    task_cfg = check_eval(args)
     if args.artifact:
         ref = pipeline.artifact_ref(Path(args.artifact))
         extra = pipeline.record_fields(pipeline.artifact_config(Path(args.artifact)), Path(args.artifact))
@@ -355,20 +378,24 @@ def build_parser() -> argparse.ArgumentParser:
                                          "store in the workdir holds every run's")
     add_common(p)
     checkpoint_args(p)
-    p.set_defaults(fn=cmd_run)
+    slurm.add_launcher_args(p)
+    p.set_defaults(fn=cmd_run, check=check_run)
 
-    p = sub.add_parser("pretrain", help="train (or resume) a method; under torchrun for many GPUs or nodes")
+    p = sub.add_parser("pretrain", help="train (or resume) a method; under torchrun for many GPUs or nodes, or "
+                                        "as a Slurm job (--launcher slurm)")
     p.add_argument("--method", required=True)
     p.add_argument("--seed", type=int)
     add_common(p)
-    p.set_defaults(fn=cmd_pretrain)
+    slurm.add_launcher_args(p)
+    p.set_defaults(fn=cmd_pretrain, check=check_pretrain)
 
     p = sub.add_parser("eval", help="evaluate an existing artifact or checkpoint on one task")
     p.add_argument("--task", required=True)
     p.add_argument("--artifact", help="an orl-bench artifact folder (with manifest.json)")
     add_common(p)
     checkpoint_args(p)
-    p.set_defaults(fn=cmd_eval)
+    slurm.add_launcher_args(p)
+    p.set_defaults(fn=cmd_eval, check=check_eval)
 
     p = sub.add_parser("report", help="all result records at a glance: per task, each method beside chance, random "
                        "init and the paper's number")
@@ -476,8 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if getattr(args, "launcher", "local") == "slurm":  # checked here, run in the job
+            args.check(args)
+            return slurm.submit(args, argv, parser.parse_args, workdir_of(args))
         return args.fn(args)
     except USER_ERRORS as e:
         print(f"orl-bench: error: {e}", file=sys.stderr)

@@ -26,12 +26,17 @@ def tiny_data(tmp_path_factory) -> Path:
     return home / "data"
 
 
-@pytest.fixture
-def workdir(tmp_path, tiny_data) -> Path:
-    home = tmp_path / "home"
+def fresh_home(parent: Path, name: str, tiny_data: Path) -> Path:
+    """A new work directory PARENT/NAME that links the session's tiny data."""
+    home = parent / name
     home.mkdir()
     (home / "data").symlink_to(tiny_data, target_is_directory=True)
     return home
+
+
+@pytest.fixture
+def workdir(tmp_path, tiny_data) -> Path:
+    return fresh_home(tmp_path, "home", tiny_data)
 
 
 def content_files(home: Path) -> dict[str, str]:
@@ -56,12 +61,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
 def straight_then_killed(args: list[str], kill_at: str, tmp_path: Path, tiny_data: Path) -> tuple[Path, Path]:
     """`orl-bench ARGS` run to the end in one work directory and, in another, until SIGKILL at
     `kill_at` (an ORL_BENCH_KILL_AT spec); both share the tiny data. Returns (straight, killed)."""
-    homes = []
-    for name in ("straight", "killed"):
-        home = tmp_path / name
-        home.mkdir()
-        (home / "data").symlink_to(tiny_data, target_is_directory=True)
-        homes.append(home)
+    homes = [fresh_home(tmp_path, name, tiny_data) for name in ("straight", "killed")]
     done = run_cli(*args, "--workdir", str(homes[0]))
     assert done.returncode == 0, done.stderr[-3000:]
     killed = run_cli(*args, "--workdir", str(homes[1]), env={"ORL_BENCH_KILL_AT": kill_at})

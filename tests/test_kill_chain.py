@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orl_bench.results.records import records_path
-from tests.conftest import content_files, run_cli
+from tests.conftest import content_files, fresh_home, run_cli
 
 RUN = ["run", "--method", "orl", "--recipe", "tiny", "--task", "voc07_svm", "--set", "train.deterministic=true",
        "--set", "train.checkpoint_every_steps=1", "--set", "train.epochs=2"]
@@ -29,20 +29,13 @@ def records(home: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in VOLATILE_RECORD_KEYS} for r in rows]
 
 
-def home_with_data(tmp_path: Path, name: str, tiny_data: Path) -> Path:
-    home = tmp_path / name
-    home.mkdir()
-    (home / "data").symlink_to(tiny_data, target_is_directory=True)
-    return home
-
-
 @pytest.mark.slow
 def test_killed_anywhere_in_the_orl_chain_the_rerun_matches_an_uninterrupted_run(tmp_path, tiny_data):
-    reference = home_with_data(tmp_path, "reference", tiny_data)
+    reference = fresh_home(tmp_path, "reference", tiny_data)
     done = run_cli(*RUN, "--workdir", str(reference), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    home = home_with_data(tmp_path, "killed", tiny_data)
+    home = fresh_home(tmp_path, "killed", tiny_data)
     for point in KILLS:
         killed = run_cli(*RUN, "--workdir", str(home), env={"ORL_BENCH_KILL_AT": point}, timeout=600)
         assert killed.returncode == -signal.SIGKILL, f"not killed at {point}: {killed.stderr[-2000:]}"
