@@ -15,17 +15,20 @@ from pathlib import Path
 
 import torch
 
-from orl_bench import pipeline, preflight, rehearse, slurm
+from orl_bench import pipeline, plan, preflight, rehearse, slurm
 from orl_bench.config import (RECIPE_KINDS, ConfigError, DataConfig, PretrainConfig, TaskConfig, apply_overrides,
                               dump_yaml, find_recipe, from_dict, load_yaml_recipe, recipe_root)
 from orl_bench.data.images import DatasetLayoutError
 from orl_bench.data.sources import SYNTH_SOURCES
 from orl_bench.engine.checkpoint import CheckpointError, load_backbone, read_manifest
+from orl_bench.engine.checkpoint_formats import FORMATS as CHECKPOINT_FORMATS
+from orl_bench.engine.checkpoint_formats import describe, load_checkpoint, summary
 from orl_bench.engine.distributed import init_distributed
 from orl_bench.engine.export import FORMATS, export
 from orl_bench.engine.trainer import TrainingDiverged
 from orl_bench.methods.orl.correspondence import Correspondences
 from orl_bench.methods.orl.pair_quality import pair_quality
+from orl_bench.models.backbones import ARCHS
 from orl_bench.io import atomic_write_text, warn_skipped
 from orl_bench.registry import METHODS, TASKS, RegistryError
 from orl_bench.results import diagnose, table_figures, tables
@@ -85,8 +88,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     workdir, (pre_over, task_cfg, cfg) = workdir_of(args), check_run(args)
     t0 = time.perf_counter()
     if args.checkpoint:
-        ref = pipeline.checkpoint_ref(Path(args.checkpoint), args.arch, args.width, args.label)
-        extra, timings = {"config_hash": ref.sha256, "seed": None}, {}
+        ref, ckpt = pipeline.checkpoint_ref(Path(args.checkpoint), args.arch, args.width, args.label)
+        extra, timings = {"config_hash": ref.sha256, "checkpoint_format": ckpt.format.name, "seed": None}, {}
+        if info.is_main:
+            print(summary(ckpt))
     else:
         folder, timings = pipeline.ensure_pretrained(cfg, args.recipe, workdir, info, pre_over)
         if not (info.is_main or TASKS.get(args.task).distributed):
@@ -118,6 +123,15 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     info = init_distributed()
     overrides = seed_overrides(args)
     cfg = pipeline.load_pretrain_config(args.method, args.recipe, overrides)
+    if args.inputs_only:
+        if not pipeline.is_multistage(cfg):
+            raise ConfigError(f"--inputs-only: method '{args.method}' trains from its images alone; it has no "
+                              "earlier stages to build")
+        inputs, timings = pipeline.build_inputs(cfg, workdir_of(args), info, overrides)
+        if info.is_main:
+            print("".join(f"input {name}: {path}\n" for name, path in inputs.items())
+                  + f"timings: {json.dumps(timings)}")
+        return 0
     folder, timings = pipeline.ensure_pretrained(cfg, args.recipe, workdir_of(args), info, overrides)
     if info.is_main:
         print(f"artifact: {folder}\ntimings: {json.dumps(timings)}")
@@ -144,8 +158,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ref = pipeline.artifact_ref(Path(args.artifact))
         extra = pipeline.record_fields(pipeline.artifact_config(Path(args.artifact)), Path(args.artifact))
     else:
-        ref = pipeline.checkpoint_ref(Path(args.checkpoint), args.arch, args.width, args.label)
-        extra = {"config_hash": ref.sha256}
+        ref, ckpt = pipeline.checkpoint_ref(Path(args.checkpoint), args.arch, args.width, args.label)
+        extra = {"config_hash": ref.sha256, "checkpoint_format": ckpt.format.name}
+        if info.is_main:
+            print(summary(ckpt))
     records, reused = pipeline.evaluate(task_cfg, ref, workdir, info.device, extra, info)
     if not info.is_main:
         return 0
@@ -163,32 +179,36 @@ def cmd_table(args: argparse.Namespace) -> int:
     if any(not sep or not value for _, sep, value in pairs):
         raise ConfigError(f"--data takes NAME=PATH pairs, got {args.data}")
     data = {name: value for name, _, value in pairs}
-    pre_data, task_data = tables.data_overrides(data)
+    pre_data, task_data = plan.data_overrides(data)
     ref, t0 = load_reference(), time.perf_counter()
-    numbers = list(tables.TABLES) if args.number == "all" else [args.number]
-    plans_of = {n: [(t, tables.plan_rows(t, args.recipe, ref, pre_data)) for t in map(ref.table, tables.TABLES[n])]
+    numbers = list(tables.TABLES) if "all" in args.number else list(dict.fromkeys(args.number))
+    plans_of = {n: [(t, plan.plan_rows(t, args.recipe, ref, pre_data)) for t in map(ref.table, tables.TABLES[n])]
                 for n in numbers}
-    # checked before any table is built: what the build runs (nothing with --no-build) and the
-    # folders written (none in a dry run)
-    pretraining, benchmarks = ([], []) if args.no_build else tables.planned_configs(
-        [plan for plans in plans_of.values() for plan in plans], args.seeds, task_data, load_records(workdir))
+    runs = [] if args.no_build else plan.missing_runs([p for plans in plans_of.values() for p in plans], args.seeds,
+                                                      load_records(workdir), task_data)
+    # checked before anything is built or submitted: what the build runs (nothing with --no-build) and
+    # the folders written (none in a dry run)
+    pretraining, benchmarks = plan.planned_configs(runs, task_data)
     writes = [] if args.dry_run else [("--out", Path(args.out)), ("--figures", Path(args.figures))]
     if not (args.dry_run or args.no_build):
         writes.append(("work directory", workdir))
     preflight.check(workdir, pretraining, benchmarks, writes)
-    total = tables.Built()
+    if args.launcher == "slurm" and runs:
+        steps = plan.steps(runs, workdir, task_data)
+        if args.dry_run:
+            for step in steps:
+                print(f"would submit: {step.key}" + (f" (after {'; '.join(step.after)})" if step.after else ""))
+            return 0
+        # the tables are written by a last job, after every step's, from the records they made
+        return slurm.submit_steps(args, workdir, steps, [*slurm.job_argv(args.argv), "--no-build"])
+    built = plan.build(runs, workdir, task_data, info, load_records(workdir), args.dry_run, print)
+    if args.dry_run or not info.is_main:
+        return 0
+    records = load_records(workdir)
     for number in numbers:
-        plans = plans_of[number]
-        for table, rows in ([] if args.no_build else plans):
-            built = tables.build(rows, tables.table_tasks(table), args.seeds, workdir, task_data, info,
-                                 load_records(workdir), args.dry_run, print)
-            total.pretrained, total.evaluated = total.pretrained + built.pretrained, total.evaluated + built.evaluated
-        if args.dry_run or not info.is_main:
-            continue
-        records = load_records(workdir)
         parts = []
-        for table, rows in plans:
-            hashes = {(c.task, row.recipe): tables.task_recipe_hash(c.task, row.recipe, task_data)
+        for table, rows in plans_of[number]:
+            hashes = {(c.task, row.recipe): plan.task_recipe_hash(c.task, row.recipe, task_data)
                       for row in rows if row.recipe for c in table.columns}
             parts.append((table, tables.fill(table, rows, records, args.seeds, hashes)))
         notes = tables.provenance(parts, records, args.recipe, args.seeds, data, time.perf_counter() - t0, workdir)
@@ -197,9 +217,26 @@ def cmd_table(args: argparse.Namespace) -> int:
         print("wrote " + ", ".join(map(str, paths)))
         for line in table_figures.draw(parts, workdir, Path(args.figures)):
             print(f"figure {line}")
-    if info.is_main:
-        print(f"built: {total.pretrained} pretraining run(s), {total.evaluated} evaluation(s) "
-              f"in {time.perf_counter() - t0:.0f} s" + (" (dry run: nothing built)" if args.dry_run else ""))
+    print(f"built: {built.pretrained} pretraining run(s), {built.evaluated} evaluation(s) "
+          f"in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    workdir = workdir_of(args)
+    entries = slurm.read_ledger(workdir)
+    if not entries:
+        print(f"no Slurm jobs were submitted from {workdir} ({slurm.ledger_path(workdir)} is absent)")
+        return 0
+    if args.cancel:
+        cancelled = slurm.cancel(entries)
+        print(f"cancelled {len(cancelled)} job(s)" + (f": {', '.join(cancelled)}" if cancelled else
+                                                      " (none was pending or running)"))
+        return 0
+    states = slurm.job_states(entries)
+    for entry in entries:
+        print(f"{entry['job_id']:>8}  {states[entry['job_id']]:<10}  {entry['key']}\n"
+              f"{'':>8}  logs: {entry['stdout']} {entry['stderr']}")
     return 0
 
 
@@ -354,17 +391,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    print(describe(load_checkpoint(Path(args.checkpoint), args.arch, args.width)), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orl-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def checkpoint_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--checkpoint", help="evaluate a torchvision ResNet state dict from a local file "
-                                            "(e.g. supervised weights) instead of pretraining")
-        p.add_argument("--arch", default="resnet50", help="architecture of --checkpoint")
-        p.add_argument("--width", type=int, default=64, help="stem width of --checkpoint (64 = torchvision)")
-        p.add_argument("--label", default="checkpoint", help="method name recorded for --checkpoint")
+    def checkpoint_args(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+        if checkpoint:
+            p.add_argument("--checkpoint", help="evaluate the ResNet of a local checkpoint file instead of "
+                           "pretraining: torchvision or timm weights, or a checkpoint of MoCo, OpenSelfSup/mmselfsup "
+                           "(ORL), solo-learn, Lightning, VISSL, DINO, BYOL ports or detectron2 (orl-bench inspect FILE)")
+            p.add_argument("--label", default="checkpoint", help="method name recorded for --checkpoint")
+        p.add_argument("--arch", choices=ARCHS, help="architecture of the checkpoint (default: read from its weights; "
+                                                     "given, it must agree with them)")
+        p.add_argument("--width", type=int, help="stem width of the checkpoint, 64 = torchvision (default: read "
+                                                 "from its weights; given, it must agree with them)")
 
     p = sub.add_parser("run", help="the whole chain for one (method, task): data, pretrain or reuse, evaluate, "
                                    "record, print the table")
@@ -385,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "as a Slurm job (--launcher slurm)")
     p.add_argument("--method", required=True)
     p.add_argument("--seed", type=int)
+    p.add_argument("--inputs-only", action="store_true",
+                   help="build (or reuse) only the earlier stages a multi-stage method trains from (ORL: stage 1 "
+                   "and stage 2's correspondences), then stop: so a scheduler can run each stage as a job of its own")
     add_common(p)
     slurm.add_launcher_args(p)
     p.set_defaults(fn=cmd_pretrain, check=check_pretrain)
@@ -416,14 +465,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir")
     p.set_defaults(fn=cmd_report)
 
-    p = sub.add_parser("table", help="regenerate the paper's Table N (or all): build the missing runs through "
-                       "the caches, write results/tables/table<N>.{md,csv,tex} beside the paper's numbers")
-    p.add_argument("number", choices=(*tables.TABLES, "all"))
+    p = sub.add_parser("table", help="regenerate the paper's Table N (several, or all): build the missing runs "
+                       "through the caches, write results/tables/table<N>.{md,csv,tex} beside the paper's numbers")
+    p.add_argument("number", nargs="+", choices=(*tables.TABLES, "all"),
+                   help="one or more tables; their missing runs are built together, each artifact evaluated on every "
+                   "task of them before the next is trained")
     p.add_argument("--recipe", default="default", help="the scale of every run: tiny (tests), default (the embedded "
                    "laptop run), paper (ResNet-50 on real data; give --data)")
     p.add_argument("--seeds", type=int, default=1, help="pretraining seeds 0..N-1 per row; cells show mean ± std")
     p.add_argument("--data", nargs="*", default=[], metavar="NAME=PATH",
-                   help=f"real datasets by path ({', '.join(tables.DATA_SOURCES)}); without, the embedded scenes "
+                   help=f"real datasets by path ({', '.join(plan.DATA_SOURCES)}); without, the embedded scenes "
                    "(the COCO+ rows: train2017 + unlabeled2017 of the scenes, data.source synth_plus)")
     p.add_argument("--dry-run", action="store_true", help="only list what would be built")
     p.add_argument("--no-build", action="store_true", help="write the tables from the records as they are, "
@@ -432,7 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", default="results/figures", help="where the tables' figures are written (loss "
                    "curves, Figures 3 and 4 with Table 1; low-shot curves with Table 2; schedule curves with Table 5)")
     p.add_argument("--workdir")
-    p.set_defaults(fn=cmd_table)
+    slurm.add_launcher_args(p)
+    p.set_defaults(fn=cmd_table, plans_its_jobs=True)
+
+    p = sub.add_parser("jobs", help="the Slurm jobs submitted from a work directory: job id, Slurm's state, what "
+                       "each makes, its logs")
+    p.add_argument("--workdir")
+    p.add_argument("--cancel", action="store_true", help="scancel every one of them that is pending or running")
+    p.set_defaults(fn=cmd_jobs)
 
     p = sub.add_parser("rehearse", help="every method and task through a recipe's real code path, a few steps each, "
                        "on generated data in the real formats: shape errors, feature dimensions, memory per GPU and "
@@ -499,6 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchvision: a .pth state dict; detectron2: a .pkl for MODEL.WEIGHTS (COCO transfer)")
     p.add_argument("--out", required=True, help="file to write (.pkl for detectron2)")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("inspect", help="what --checkpoint reads from a checkpoint file: its format, the ResNet's depth "
+                       "and width, the tensors kept and the heads and state dropped, the sha256 records carry")
+    p.add_argument("checkpoint", help=f"checkpoint file ({', '.join(f.name for f in CHECKPOINT_FORMATS)})")
+    checkpoint_args(p, checkpoint=False)
+    p.set_defaults(fn=cmd_inspect)
     return parser
 
 
@@ -507,7 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if getattr(args, "launcher", "local") == "slurm":  # checked here, run in the job
+        args.argv = argv
+        # checked here, run in the job; `table` submits a graph of its own steps
+        if getattr(args, "launcher", "local") == "slurm" and not getattr(args, "plans_its_jobs", False):
             args.check(args)
             return slurm.submit(args, argv, parser.parse_args, workdir_of(args))
         return args.fn(args)

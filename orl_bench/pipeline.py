@@ -23,8 +23,8 @@ import torch
 from orl_bench.config import (ConfigError, PretrainConfig, TaskConfig, apply_overrides, config_hash, find_recipe,
                               from_dict, load_yaml_recipe, recipe_root, to_dict, validate_params)
 from orl_bench.data.sources import CONTENT_KEYED_SOURCES, ImageList, pretrain_images
-from orl_bench.engine.checkpoint import (export_artifact, is_complete, load_backbone, load_torchvision_state_dict,
-                                         read_manifest, write_config)
+from orl_bench.engine.checkpoint import export_artifact, is_complete, load_backbone, read_manifest, write_config
+from orl_bench.engine.checkpoint_formats import Checkpoint, load_checkpoint
 from orl_bench.engine.distributed import DistInfo, barrier
 from orl_bench.engine.trainer import pretrain
 from orl_bench.io import file_lock, sha256_file
@@ -98,8 +98,9 @@ def load_task_config(task: str, recipe: str, overrides: list[str]) -> TaskConfig
     plugin = TASKS.get(task)
     data = apply_overrides(load_yaml_recipe(find_recipe("benchmarks", task, recipe)), overrides)
     data.setdefault("name", task)
-    cfg = from_dict(TaskConfig, data)
-    validate_params(plugin.Params, cfg.params, "params")
+    # named as `run --set task.<key>` spells them (eval takes them with or without the prefix)
+    cfg = from_dict(TaskConfig, data, "task")
+    validate_params(plugin.Params, cfg.params, "task.params")
     return cfg
 
 
@@ -237,9 +238,11 @@ def artifact_ref(folder: Path) -> BackboneRef:
                        str(folder))
 
 
-def checkpoint_ref(path: Path, arch: str, width: int, label: str) -> BackboneRef:
-    backbone = load_torchvision_state_dict(path, arch, width)
-    return BackboneRef(backbone, sha256_file(path), label, "external", str(path))
+def checkpoint_ref(path: Path, arch: str | None, width: int | None, label: str) -> tuple[BackboneRef, Checkpoint]:
+    """The backbone of a checkpoint file in any format orl-bench reads (depth and width from its
+    weights unless given), and what was read from the file."""
+    ckpt = load_checkpoint(path, arch, width)
+    return BackboneRef(ckpt.backbone, ckpt.sha256, label, "external", str(path)), ckpt
 
 
 def evaluate(task_cfg: TaskConfig, ref: BackboneRef, workdir: Path, device: torch.device,

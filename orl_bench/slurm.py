@@ -9,6 +9,8 @@ with the options' names as keys (`slurm:` a mapping of extra sbatch options); th
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
 import os
 import re
 import shlex
@@ -17,11 +19,16 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import submitit
 import yaml
 
 from orl_bench.config import ConfigError
+from orl_bench.io import append_jsonl
+
+if TYPE_CHECKING:  # a job imports this module before Slurm's signal is watched: nothing slow (torch) here
+    from orl_bench.plan import Step
 
 CONFIG_ENV = "ORL_BENCH_SLURM_CONFIG"
 DEFAULT_CONFIG = Path("~/.config/orl-bench/slurm.yaml")
@@ -63,8 +70,9 @@ def add_launcher_args(p: argparse.ArgumentParser) -> None:
                        help="slurm: submit this same command as a Slurm job, print its id and log paths and return")
     for name, (kind, text) in RESOURCES.items():
         group.add_argument(LAUNCHER_OPTIONS[name], dest=name, type=kind, help=text)
-    group.add_argument("--slurm", dest="slurm_extra", action="append", default=[], metavar="KEY=VALUE",
-                       help="any other sbatch option, e.g. --slurm exclude=node7 (repeatable)")
+    group.add_argument("--slurm", dest="slurm_extra", action="append", default=[], metavar="KEY[=VALUE]",
+                       help="any other sbatch option, e.g. --slurm exclude=node7, or a flag: --slurm exclusive "
+                       "(repeatable)")
     group.add_argument("--wait", action="store_true", help="block until the job ends; exit with its exit status")
 
 
@@ -107,9 +115,10 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -
     extra = dict(config.pop("slurm", {}))
     for item in args.slurm_extra:
         key, sep, value = item.partition("=")
-        if not (sep and key):
-            raise ConfigError(f"--slurm takes KEY=VALUE (an sbatch option without its dashes), got '{item}'")
-        extra[key] = value
+        if not key or (sep and not value):
+            raise ConfigError(f"--slurm takes KEY=VALUE, or KEY for a flag (an sbatch option without its dashes), "
+                              f"got '{item}'")
+        extra[key] = value if sep else True  # submitit writes True as the bare flag
     resources = {}
     for name, (kind, _) in RESOURCES.items():
         value = getattr(args, name) if getattr(args, name) is not None else config.get(name)
@@ -148,10 +157,19 @@ def torch_distributed_env(slurm_env: Mapping[str, str]) -> dict[str, str]:
 
 
 def run_in_allocation(argv: list[str]) -> None:
-    """The job's function, in every task: the command, as torchrun would have started it."""
+    """The job's function, in every task: the command, as torchrun would have started it. Slurm's
+    signal before the time limit (or `scancel --signal=USR2`) stops it: training saves its state
+    and the job requeues itself, to resume from there (engine/preemption.py)."""
     os.environ.update(torch_distributed_env(os.environ))
-    from orl_bench.cli import main  # here: the CLI imports this module
-    code = main(argv)
+    from orl_bench.engine import preemption
+    # the signal submitit has sbatch send (--signal=USR2@90), watched before the CLI's slow imports;
+    # replaces submitit's own handler, which would requeue without saving
+    with preemption.watching(submitit.JobEnvironment.USR_SIG):
+        from orl_bench.cli import main  # here: the CLI imports this module
+        try:
+            code = main(argv)
+        except preemption.Preempted as stop:
+            preemption.requeue_and_exit(str(stop), all_ranks=True)
     if code:
         raise SystemExit(code)  # the task's exit status, so Slurm's state says the job failed
 
@@ -168,16 +186,7 @@ def submit(args: argparse.Namespace, argv: list[str], parse: Callable[[list[str]
                           "abbreviated")
     resources, extra = resolve(args)
     check_cluster(resources)
-    gpus = resources.pop("gpus_per_node", 0)
-    executor = submitit.SlurmExecutor(folder=workdir.absolute() / "slurm")
-    # time=None: the partition's limit rather than submitit's 5 minutes
-    executor.update_parameters(**{"nodes": 1, "time": None, **resources}, ntasks_per_node=gpus or 1,
-                               gpus_per_node=gpus or None, job_name=f"orl-bench-{args.command}",
-                               additional_parameters=extra)
-    try:
-        job = executor.submit(run_in_allocation, command)
-    except submitit.core.utils.FailedJobError as e:
-        raise SlurmError(f"sbatch refused the job: {e}") from None
+    job = _submit_one(workdir, command, resources, extra, f"orl-bench {shlex.join(command)}", [])
     print(f"submitted Slurm job {job.job_id}: orl-bench {shlex.join(command)}\n"
           f"logs: {job.paths.stdout} and {job.paths.stderr} (one pair per task: {job.job_id}_<task>_log.*)")
     return wait_for_job(job.job_id) if args.wait else 0
@@ -201,3 +210,110 @@ def wait_for_job(job_id: str) -> int:
     name, status = state
     print(f"Slurm job {job_id} {name} (exit status {status})")
     return status or (0 if name == "COMPLETED" else 1)
+
+
+# --- a plan's steps as a graph of jobs (`table --launcher slurm`) and the work directory's ledger ---
+
+LEDGER = "jobs.jsonl"  # under <workdir>/slurm/: one line per submitted job, what `orl-bench jobs` reads
+
+
+def ledger_path(workdir: Path) -> Path:
+    return Path(workdir) / "slurm" / LEDGER
+
+
+def read_ledger(workdir: Path) -> list[dict]:
+    path = ledger_path(workdir)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def queued_jobs() -> dict[str, str]:
+    """Job id -> state of this user's jobs that Slurm still holds (pending, running, requeued)."""
+    listed = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T"], capture_output=True, text=True,
+                            timeout=60)
+    if listed.returncode != 0:
+        raise SlurmError(f"squeue failed: {listed.stderr.strip()}")
+    return dict(line.split("|", 1) for line in listed.stdout.split())
+
+
+def _submit_one(workdir: Path, command: list[str], resources: dict, extra: dict, key: str,
+                after: list[str]) -> submitit.Job:
+    """Submit `orl-bench COMMAND` after the jobs `after`, and note it in the ledger as making `key`."""
+    from orl_bench.provenance import now_iso  # imports torch: not at the top, which a job imports first
+    resources = dict(resources)
+    gpus = resources.pop("gpus_per_node", 0)
+    executor = submitit.SlurmExecutor(folder=workdir.absolute() / "slurm")
+    # time=None: the partition's limit rather than submitit's 5 minutes. requeue: the job requeues
+    # itself when signalled (run_in_allocation), which clusters may refuse by default (JobRequeue=0).
+    # A job whose dependency failed is cancelled (kill-on-invalid-dep), not left pending forever.
+    dependency = {"dependency": "afterok:" + ":".join(after), "kill-on-invalid-dep": "yes"} if after else {}
+    executor.update_parameters(**{"nodes": 1, "time": None, **resources}, ntasks_per_node=gpus or 1,
+                               gpus_per_node=gpus or None, job_name=f"orl-bench-{command[0]}",
+                               additional_parameters={"requeue": True, **extra, **dependency})
+    try:
+        job = executor.submit(run_in_allocation, command)
+    except submitit.core.utils.FailedJobError as e:
+        raise SlurmError(f"sbatch refused the job: {e}") from None
+    append_jsonl(ledger_path(workdir), [{"job_id": job.job_id, "key": key, "command": command, "after": after,
+                                         "submitted": now_iso(), "stdout": str(job.paths.stdout),
+                                         "stderr": str(job.paths.stderr)}])
+    return job
+
+
+def one_process(resources: dict) -> dict:
+    """A single-process step's share of the allocation: one task on one node, one GPU if there are any."""
+    return {**resources, "nodes": 1, "gpus_per_node": min(resources.get("gpus_per_node", 0), 1)}
+
+
+def submit_steps(args: argparse.Namespace, workdir: Path, steps: list[Step], last: list[str]) -> int:
+    """Submit each step as a job, after (`afterok`) the jobs of the steps it waits for, then `orl-bench
+    LAST` after all of them. A step whose job Slurm still holds (submitted from this work directory,
+    pending or running) is not submitted again: its job is waited for instead."""
+    resources, extra = resolve(args)
+    check_cluster(resources)
+    queued = queued_jobs()
+    holding = {entry["key"]: entry["job_id"] for entry in read_ledger(workdir) if entry["job_id"] in queued}
+    job_of: dict[str, str] = {}
+    for step in steps:
+        if step.key in holding:
+            job_of[step.key] = holding[step.key]
+            print(f"already queued: Slurm job {holding[step.key]} ({queued[holding[step.key]]}): {step.key}")
+            continue
+        job = _submit_one(workdir, list(step.argv), resources if step.whole_allocation else one_process(resources),
+                          extra, step.key, [job_of[k] for k in step.after if k in job_of])
+        job_of[step.key] = job.job_id
+        print(f"submitted Slurm job {job.job_id}: {step.key}")
+    if not job_of:
+        return 0
+    final = _submit_one(workdir, last, one_process({k: v for k, v in resources.items() if k != "gpus_per_node"}),
+                        extra, "orl-bench " + " ".join(last[:2]), sorted(set(job_of.values()), key=int))
+    print(f"submitted Slurm job {final.job_id}: orl-bench {shlex.join(last)} (after the {len(job_of)} above)\n"
+          f"logs: {final.paths.stdout.parent}/<job id>_<task>_log.{{out,err}}; watch with: orl-bench jobs "
+          f"--workdir {workdir}")
+    return wait_for_job(final.job_id) if args.wait else 0
+
+
+def job_states(entries: list[dict]) -> dict[str, str]:
+    """Job id -> Slurm's state for each ledger entry: squeue's while it holds the job, scontrol's for a
+    while after it ended (MinJobAge), then `ENDED` (Slurm no longer knows it; its log says how)."""
+    queued, states = queued_jobs(), {}
+    for entry in entries:
+        job_id = entry["job_id"]
+        if job_id in queued:
+            states[job_id] = queued[job_id]
+        else:
+            try:
+                states[job_id] = job_state(job_id)[0]
+            except SlurmError:
+                states[job_id] = "ENDED"
+    return states
+
+
+def cancel(entries: list[dict]) -> list[str]:
+    """scancel the ledger's jobs that Slurm still holds; their ids."""
+    queued = queued_jobs()
+    ids = [entry["job_id"] for entry in entries if entry["job_id"] in queued]
+    if ids:
+        done = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise SlurmError(f"scancel failed: {done.stderr.strip()}")
+    return ids

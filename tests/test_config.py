@@ -19,9 +19,13 @@ def test_unknown_method_option_is_checked_against_the_plugin_schema():
         pipeline.load_pretrain_config("byol", "tiny", ["method.hiden_dim=8"])
 
 
-def test_unknown_task_option_names_the_closest():
-    with pytest.raises(ConfigError, match=r"'params.fold'.*did you mean 'folds'"):
+def test_unknown_task_option_names_the_closest_as_the_user_typed_it(capsys, tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'task.params.fold'.*did you mean 'folds'"):
         pipeline.load_task_config("voc07_svm", "tiny", ["params.fold=2"])
+    # `run` sends task.* overrides to the benchmark recipe: the error echoes the prefix the user typed
+    assert main(["run", "--method", "random", "--recipe", "tiny", "--task", "voc07_svm", "--set",
+                 "task.params.n_job=2", "--workdir", str(tmp_path)]) == 2
+    assert "unknown key 'task.params.n_job'; did you mean 'n_jobs'?" in capsys.readouterr().err
 
 
 def test_overrides_parse_yaml_scalars_and_nest():

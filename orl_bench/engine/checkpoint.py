@@ -27,8 +27,6 @@ TRAIN_STATE = "train_state.pt"
 RUN_INFO = "run.json"  # how this copy was built: dates, durations, device, threads
 SIDECARS = (RUN_INFO, "log.jsonl", "tensorboard", "build.lock")
 MANIFEST_VERSION = 1
-# Keys a torchvision classification checkpoint carries beyond the backbone; dropped on load.
-ALLOWED_EXTRA_KEYS = ("fc.weight", "fc.bias")
 
 
 class CheckpointError(ValueError):
@@ -94,10 +92,10 @@ def export_artifact(artifact_dir: Path, backbone: ResNet, manifest: dict[str, An
 
 
 def check_keys(state: dict[str, torch.Tensor], model: torch.nn.Module, source: str) -> dict[str, torch.Tensor]:
-    """Strict match against the model's keys and shapes, except the explicit allow-list."""
+    """Strict match against the model's keys and shapes. BatchNorm's `num_batches_tracked` may be
+    absent (detectron2 and others keep none): BatchNorm loads without it, even strictly."""
     expected = model.state_dict()
-    state = {k: v for k, v in state.items() if k not in ALLOWED_EXTRA_KEYS}
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(k for k in set(expected) - set(state) if not k.endswith(".num_batches_tracked"))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or wrong_shape:
@@ -106,8 +104,7 @@ def check_keys(state: dict[str, torch.Tensor], model: torch.nn.Module, source: s
             if keys:
                 parts.append(f"{label} keys ({len(keys)}): {', '.join(keys[:20])}"
                              + (" ..." if len(keys) > 20 else ""))
-        raise CheckpointError(f"{source} does not match the {type(model).__name__} backbone: "
-                              + "; ".join(parts) + f" (ignored on purpose: {', '.join(ALLOWED_EXTRA_KEYS)})")
+        raise CheckpointError(f"{source} does not match the {type(model).__name__} backbone: " + "; ".join(parts))
     return state
 
 
@@ -120,27 +117,3 @@ def load_backbone(artifact_dir: Path) -> tuple[ResNet, dict[str, Any]]:
     model = build_backbone(manifest["arch"], manifest["width"])
     model.load_state_dict(check_keys(load_file(str(path)), model, str(path)))
     return model, manifest
-
-
-def load_torchvision_state_dict(path: Path, arch: str, width: int = 64) -> ResNet:
-    """A user's torchvision ResNet state dict (e.g. supervised weights), loaded strictly."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a directory; expected a state-dict file (.pth, .pt or "
-                              ".safetensors); an orl-bench artifact folder goes to --artifact")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpicklers fail on foreign bytes with any error (KeyError, ...)
-        raise CheckpointError(f"{path} is not a {'safetensors' if path.suffix == '.safetensors' else 'PyTorch'} "
-                              f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); expected a "
-                              "torchvision ResNet state dict saved with torch.save or safetensors") from e
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} is not a flat state dict of tensors (torchvision layout expected)")
-    model = build_backbone(arch, width)
-    model.load_state_dict(check_keys(state, model, str(path)))
-    return model

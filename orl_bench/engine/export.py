@@ -48,7 +48,8 @@ def _detectron2_name(key: str) -> str:
     return name.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
 
 
-def _torchvision_name(name: str) -> str:
+def torchvision_name(name: str) -> str:
+    """A detectron2 ResNet key under torchvision's name: the inverse of _detectron2_name."""
     key = name.removeprefix("stem.")
     key = re.sub(r"res([2-5])\.", lambda m: f"layer{int(m[1]) - 1}.", key)
     # `shortcut.norm.` before `shortcut.`: the shorter pattern would swallow the norm's keys.
@@ -75,7 +76,7 @@ def torchvision_state(d2: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     strictly, and counts from zero (it only matters to momentum=None, which ResNets do not use).
     """
     _check_keys(list(d2), _DETECTRON2_KEY, "detectron2 ResNet keys (stem.conv1, res2..res5)")
-    return {_torchvision_name(k): torch.tensor(v) for k, v in d2.items()}
+    return {torchvision_name(k): torch.tensor(v) for k, v in d2.items()}
 
 
 def save_detectron2(path: Path, state: dict[str, torch.Tensor]) -> None:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from orl_bench.config import ConfigError, PretrainConfig, config_hash
 from orl_bench.data.batched_views import DecodedViews
 from orl_bench.data.pretrain_dataset import EpochSampler, collate_skipping_unreadable
-from orl_bench.engine import rehearsal
+from orl_bench.engine import preemption, rehearsal
 from orl_bench.engine.checkpoint import TRAIN_STATE, export_artifact, load_train_state, save_torch, write_config
 from orl_bench.engine.distributed import DistInfo, all_reduce_mean, barrier
 from orl_bench.engine.optim import build_optimizer, lr_at, scaled_lr, set_lr
@@ -164,7 +164,7 @@ def _pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], 
     start_time, start_step, window_start = time.perf_counter(), step, time.perf_counter()
     # on CPU the views are made in loader workers beside the model step: give torch the cores they leave
     threads = training_threads(info.device, t.num_workers, t.cpu_threads)
-    with torch_threads(threads):
+    with torch_threads(threads), preemption.listening():
         method.train()
         while step < max_steps:
             epoch, in_epoch = divmod(step, spe)
@@ -211,6 +211,11 @@ def _pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], 
                         log.scalars(step, group="monitor", epoch=step // spe, **monitor(method.backbone))
                     barrier(info)
                 fault_point("train.step")
+                if preemption.requested(info):  # Slurm's signal: save here, the requeued job resumes
+                    checkpoint()
+                    log.event("preempted", step=step)
+                    log.close()  # TensorBoard's last scalars, which a kill would lose
+                    raise preemption.Preempted(step)
                 if rehearsal.step_done(sampler.batch_size):
                     break
             if rehearsal.spent():

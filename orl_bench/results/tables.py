@@ -1,5 +1,6 @@
-"""The paper's Tables 1-5 regenerated from result records: the runs a table needs, the missing
-ones built through the pipeline's caches, and the table written beside the paper's numbers.
+"""The paper's Tables 1-5 written from result records, beside the paper's numbers. What a table
+needs and how the missing runs are built is orl_bench/plan.py; this module reads records and
+artifacts' manifests and writes, knowing nothing of training or launching.
 
 Rows, at one scale (`tiny`, `default`, `paper`), after a chance row:
 - Tables 1-4: the paper's rows in its order; each implemented method at the scale's recipe, its
@@ -17,35 +18,24 @@ pretrained on the row's data (the records' `pretrain_data`: a COCO row never rea
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from orl_bench import pipeline
-from orl_bench.config import ConfigError, PretrainConfig, TaskConfig, config_hash
-from orl_bench.data.sources import COCO_PLUS_SOURCES, CONTENT_KEYED_SOURCES
-from orl_bench.engine.checkpoint import MANIFEST, is_complete, read_manifest, read_run_info
-from orl_bench.engine.distributed import DistInfo
+from orl_bench.data.sources import COCO_PLUS_SOURCES
+from orl_bench.engine.checkpoint import is_complete, read_manifest, read_run_info
 from orl_bench.io import atomic_write_text
-from orl_bench.registry import METHODS, TASKS
-from orl_bench.results.paper import PaperReference, PaperTable
+from orl_bench.results.paper import PaperTable
 from orl_bench.results.records import CHANCE
 from orl_bench.results.report import best_per_artifact
 
 TABLES = {"1": ("table1",), "2": ("table2",), "3": ("table3",), "4": ("table4",),
           "5": ("table5a", "table5b", "table5c", "table5d", "table5e")}
 NOT_MEASURED = "not measured by this scale's benchmark recipe (e.g. a k its data cannot supply)"
-# --data NAME=PATH: the pretraining data of the COCO or the COCO+ rows, or the tasks that read the dataset
-DATA_SOURCES = {"coco": ("pretrain", "coco"), "coco_plus": ("pretrain", "coco_plus"),
-                "voc07": (("voc07_svm", "voc07_lowshot"), "voc2007"),
-                "imagenet": (("linear_imagenet", "semi_imagenet_1pct", "semi_imagenet_10pct", "knn"), "imagenet"),
-                "places205": (("linear_places205",), "places205"), "inat18": (("linear_inat18",), "inat18")}
 
 
 @dataclass(frozen=True)
@@ -57,89 +47,6 @@ class RowPlan:
     missing: str | None = None  # why the row has no numbers of ours
     coco_plus: bool = False  # pretrains on COCO+ (train2017 + unlabeled2017): the paper's "(COCO+)" rows
     data: tuple[str, ...] = ()  # the pretraining overrides that select its images; none: the recipe's own
-
-
-def data_overrides(data: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """--data NAME=PATH pairs -> (pretraining overrides of the COCO rows ("coco") and of the COCO+ rows
-    ("coco_plus"), task -> task overrides). A COCO+ root holds train2017 too: without --data coco,
-    the COCO rows read theirs there."""
-    pre: dict[str, list[str]] = {}
-    per_task: dict[str, list[str]] = {}
-    for name, path in data.items():
-        if name not in DATA_SOURCES:
-            raise ConfigError(f"--data {name}=...: unknown dataset; expected one of {', '.join(DATA_SOURCES)}")
-        target, source = DATA_SOURCES[name]
-        sets = [f"data.source={source}", f"data.root={path}"]
-        if target == "pretrain":
-            pre[name] = sets
-        else:
-            for task in target:
-                per_task.setdefault(task, []).extend(sets)
-    if "coco_plus" in pre:
-        pre.setdefault("coco", ["data.source=coco", f"data.root={data['coco_plus']}"])
-    return pre, per_task
-
-
-def pretraining_data(method: str, scale: str, coco_plus: bool,
-                     pre_data: dict[str, list[str]]) -> tuple[str, ...] | None:
-    """The overrides that select a row's pretraining images: the real data given by --data, else the
-    scale's own; a COCO+ row of a scale that pretrains on the embedded scenes takes their COCO+
-    setting (synth_plus). None: a COCO+ row without COCO+ images (real data, no --data coco_plus)."""
-    if not coco_plus:
-        return tuple(pre_data.get("coco", ()))
-    if "coco_plus" in pre_data:
-        return tuple(pre_data["coco_plus"])
-    if not pre_data and pipeline.load_pretrain_config(method, scale, []).data.source == "synth":
-        return ("data.source=synth_plus",)
-    return None
-
-
-def _label(ref: PaperReference, method: str) -> str:
-    return ref.names.get("methods", {}).get(method, method)
-
-
-def plan_rows(table: PaperTable, scale: str, ref: PaperReference, pre_data: dict[str, list[str]]) -> list[RowPlan]:
-    rows = [RowPlan("Chance", CHANCE, None, {})]
-    if table.kind == "main":
-        for row in (*table.rows, *table.extra_rows):
-            label, paper, coco_plus = row.label, dict(row.values), row.pretrain_data == "coco_plus"
-            if row.method != pipeline.RANDOM and row.method not in METHODS.names():
-                rows.append(RowPlan(label, row.method, None, paper, "not implemented in orl-bench"))
-            elif (data := pretraining_data(row.method, scale, coco_plus, pre_data)) is None:
-                rows.append(RowPlan(label, row.method, None, paper,
-                                    "dataset absent: COCO+ is train2017 + unlabeled2017 (--data coco_plus=PATH)",
-                                    coco_plus))
-            else:
-                rows.append(RowPlan(label, row.method, scale, paper, None, coco_plus, data))
-        return rows
-    letter = table.name.removeprefix("table")  # 5a .. 5e
-    for method in dict.fromkeys(row.method for row in table.rows):
-        folder = pipeline.recipe_folder(method)
-        for recipe in [scale] + sorted(p.stem for p in folder.glob(f"{scale}_{letter}_*.yaml")):
-            variant = pipeline.paper_variant(method, recipe)
-            paper = {c.key: v for c in table.columns
-                     if (v := ref.lookup(c.task, c.metric, method, k=c.k, **variant)) is not None}
-            rows.append(RowPlan(f"{_label(ref, method)} [{recipe}]", method, recipe, paper,
-                                data=pretraining_data(method, recipe, False, pre_data)))
-    return rows
-
-
-def table_tasks(table: PaperTable) -> list[str]:
-    return sorted({c.task for c in table.columns})
-
-
-def task_config(task: str, recipe: str, task_data: dict[str, list[str]]) -> TaskConfig:
-    """The benchmark config the runs of pretraining recipe `recipe` are evaluated with."""
-    return pipeline.load_task_config(task, pipeline.benchmark_recipe(recipe), task_data.get(task, []))
-
-
-def task_recipe_hash(task: str, recipe: str, task_data: dict[str, list[str]]) -> str:
-    return config_hash(task_config(task, recipe, task_data))
-
-
-def seeded(row: RowPlan, seed: int) -> list[str]:
-    """The pretraining overrides of a row's run with `seed`."""
-    return [*row.data, f"train.seed={seed}"]
 
 
 def of_row(record: dict[str, Any], row: RowPlan) -> bool:
@@ -226,114 +133,6 @@ def pivot(frame: pd.DataFrame, table: PaperTable) -> pd.DataFrame:
     return wide.loc[list(dict.fromkeys(frame["row"])), [c.label for c in table.columns]]
 
 
-@dataclass
-class Built:
-    """What a build did; a second run over unchanged inputs finds everything and builds nothing."""
-    pretrained: int = 0
-    evaluated: int = 0
-
-
-def _stored(records: list[dict[str, Any]], row: RowPlan, seed: int, task: str, task_hash: str) -> bool:
-    return any(r["task"] == task and of_row(r, row) and r.get("seed") == seed and r.get("task_config_hash") == task_hash
-               for r in records)
-
-
-def missing_runs(rows: list[RowPlan], tasks: list[str], seeds: int, records: list[dict[str, Any]],
-                 task_data: dict[str, list[str]]) -> list[tuple[RowPlan, int, list[str]]]:
-    """(row, seed, tasks) for each row and seed with tasks that have no records under the benchmark
-    config that runs now: what `build` pretrains (or reuses) and evaluates."""
-    runs = []
-    for row in rows:
-        for seed in range(seeds if row.recipe else 0):
-            todo = [t for t in tasks if not _stored(records, row, seed, t, task_recipe_hash(t, row.recipe, task_data))]
-            if todo:
-                runs.append((row, seed, todo))
-    return runs
-
-
-def planned_configs(plans: list[tuple[PaperTable, list[RowPlan]]], seeds: int, task_data: dict[str, list[str]],
-                    records: list[dict[str, Any]]) -> tuple[list[tuple[PretrainConfig, list[str]]], list[TaskConfig]]:
-    """What building the tables of `plans` runs: the pretraining config of each (method, recipe, data)
-    with its overrides, and each benchmark config, once (seeds change neither's recipe nor data)."""
-    pretraining: dict[tuple[str, str, tuple[str, ...]], tuple[PretrainConfig, list[str]]] = {}
-    benchmarks: dict[tuple[str, str], TaskConfig] = {}
-    for table, rows in plans:
-        for row, seed, todo in missing_runs(rows, table_tasks(table), seeds, records, task_data):
-            if (row.method, row.recipe, row.data) not in pretraining:
-                overrides = seeded(row, seed)
-                pretraining[row.method, row.recipe, row.data] = (
-                    pipeline.load_pretrain_config(row.method, row.recipe, overrides), overrides)
-            for task in todo:
-                benchmark = (task, pipeline.benchmark_recipe(row.recipe))
-                if benchmark not in benchmarks:
-                    benchmarks[benchmark] = task_config(task, row.recipe, task_data)
-    return list(pretraining.values()), list(benchmarks.values())
-
-
-def build(rows: list[RowPlan], tasks: list[str], seeds: int, workdir: Path, task_data: dict[str, list[str]],
-          info: DistInfo, records: list[dict[str, Any]], dry_run: bool, say: Callable[[str], None]) -> Built:
-    """Pretrain (or reuse) every row's artifact per seed, then evaluate it on `tasks` (or reuse
-    its records); with `dry_run`, only say what is missing. Under torchrun every process
-    pretrains and runs the distributed tasks (Mask R-CNN); the others run on rank 0 after them,
-    so no process waits for another's single-process evaluation inside a collective."""
-    built, runs = Built(), []
-    for row, seed, todo in missing_runs(rows, tasks, seeds, records, task_data):
-        overrides = seeded(row, seed)
-        cfg = pipeline.load_pretrain_config(row.method, row.recipe, overrides)
-        if dry_run:
-            stored = stored_artifact(cfg, workdir)
-            say(f"would build: {run_name(row)} seed {seed}: "
-                + (f"reuse {stored.name}" if stored else "pretrain (or reuse its artifact)")
-                + f", then evaluate {', '.join(todo)}; {estimate(workdir, records, row, todo, stored is None)}")
-        else:
-            folder, timings = pipeline.ensure_pretrained(cfg, row.recipe, workdir, info, overrides)
-            built.pretrained += not timings.get("pretrain_reused", False)
-            runs.append((row, seed, cfg, folder, todo))
-    for distributed in (True, False):
-        if not (distributed or info.is_main):
-            break
-        for row, seed, cfg, folder, todo in runs:
-            ref, extra = pipeline.artifact_ref(folder), pipeline.record_fields(cfg, folder)
-            for task in (t for t in todo if TASKS.get(t).distributed == distributed):
-                task_cfg = task_config(task, row.recipe, task_data)
-                _, reused = pipeline.evaluate(task_cfg, ref, workdir, info.device, extra, info)
-                built.evaluated += not reused
-                say(f"{'reused' if reused else 'evaluated'}: {run_name(row)} seed {seed} on {task}")
-    return built
-
-
-def stored_artifact(cfg: PretrainConfig, workdir: Path) -> Path | None:
-    """The complete artifact a single-stage run of `cfg` would reuse. None when there is none, or
-    when it cannot be known without building: a multi-stage method's key holds its earlier stages'
-    outputs, a folder source's its images."""
-    if pipeline.is_multistage(cfg) or cfg.data.source in CONTENT_KEYED_SOURCES:
-        return None
-    folder = pipeline.artifact_dir(workdir, cfg)
-    return folder if is_complete(folder) else None
-
-
-def estimate(workdir: Path, records: list[dict[str, Any]], row: RowPlan, tasks: list[str],
-             pretraining: bool = True) -> str:
-    """A cost estimate from this work directory's history: the median wall time of earlier
-    pretraining runs of the same method and recipe (a multi-stage method's last stage only;
-    none if `pretraining` is false), and of earlier evaluations of the same benchmark recipe (any
-    method); `unknown` where there is none."""
-    parts = [] if not pretraining else [_pretraining_estimate(workdir, row)]
-    for task in tasks:
-        runs = [r["wall_time_s"] for r in _one_per_run(records) if r["task"] == task
-                and r.get("recipe") and pipeline.benchmark_recipe(r["recipe"]) == pipeline.benchmark_recipe(row.recipe)]
-        parts.append(f"{task} ~{statistics.median(runs):.0f} s" if runs else f"{task} unknown")
-    return "estimated " + ", ".join(parts)
-
-
-def _pretraining_estimate(workdir: Path, row: RowPlan) -> str:
-    trained = [pretraining_seconds(manifest.parent)
-               for manifest in (Path(workdir) / "artifacts").glob(f"{row.method}-*/{MANIFEST}")
-               if (facts := json.loads(manifest.read_text())).get("recipe") == row.recipe
-               and (facts.get("data", {}).get("source") in COCO_PLUS_SOURCES) == row.coco_plus]
-    return f"pretraining ~{statistics.median(trained):.0f} s" if trained else "pretraining time unknown"
-
-
 def pretraining_seconds(folder: Path) -> float:
     """The wall time an artifact's build spent: its training (or last stage), plus the earlier
     stages built in the same run (their top-level `*_s` durations; a reused stage counts 0)."""
@@ -374,12 +173,6 @@ def provenance(parts: list[tuple[PaperTable, pd.DataFrame]], records: list[dict[
              f"{sum(wall for *_, wall in runs):.0f} s (the records); "
              f"this command: {seconds:.0f} s; written {time.strftime('%Y-%m-%d %H:%M %Z')}"]
     return "\n".join(lines) + "\n"
-
-
-def _one_per_run(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per evaluation run (a run writes one record per layer or metric)."""
-    return list({(r["task"], r["artifact_sha256"], r.get("task_config_hash"), r.get("timestamp")): r
-                 for r in records}.values())
 
 
 def write_table(number: str, parts: list[tuple[PaperTable, pd.DataFrame]], out: Path, notes: str) -> list[Path]:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from orl_bench import plan
 from orl_bench.results import figures, table_figures, tables
 from orl_bench.results.paper import load_reference
 
@@ -50,7 +51,7 @@ def test_loss_curves_draw_a_line_per_seed_and_say_when_logs_hold_no_loss(tmp_pat
 def test_table2_cells_draw_one_low_shot_line_per_row_run(tmp_path):
     ref = load_reference()
     table = ref.table("table2")
-    rows = [r for r in tables.plan_rows(table, "default", ref, {}) if r.method in ("chance", "byol", "orl", "random")]
+    rows = [r for r in plan.plan_rows(table, "default", ref, {}) if r.method in ("chance", "byol", "orl", "random")]
     records = [{"task": "voc07_lowshot", "metric": "mAP", "value": 20.0 + k + seed, "method": method, "seed": seed,
                 "k": k, "layer": "res5", "recipe": "default", "task_config_hash": "h", "dataset": "d", "epochs": 8,
                 "artifact_sha256": f"{method}{seed}".ljust(64, "0"), "artifact": f"/nowhere/{method}-{seed}"}

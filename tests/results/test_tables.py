@@ -1,5 +1,5 @@
-"""`orl-bench table` (orl_bench/results/tables.py): the rows a paper table needs at a scale, cells
-from records (mean ± std over seeds at each artifact's best layer, stale configs left out, the
+"""`orl-bench table` (orl_bench/plan.py, orl_bench/results/tables.py): the rows a paper table needs at
+a scale, cells from records (mean ± std over seeds at each artifact's best layer, stale configs left out, the
 chance row of the same data), the written files, and a rebuild that builds nothing."""
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from orl_bench.config import ConfigError
+from orl_bench import pipeline, plan
 from orl_bench.results import tables
 from orl_bench.results.paper import Row, load_reference
 from tests.conftest import run_main
@@ -25,32 +26,32 @@ def by_label(rows):
 def test_main_table_rows_say_why_they_cannot_be_built(ref):
     table = ref.table("table4")
     unknown = Row("simsiam", "coco", {"ap_bb": 38.0}, {}, "SimSiam (COCO)")
-    rows = by_label(tables.plan_rows(replace(table, rows=(*table.rows, unknown)), "default", ref, {}))
+    rows = by_label(plan.plan_rows(replace(table, rows=(*table.rows, unknown)), "default", ref, {}))
     assert list(rows)[0] == "Chance"
     assert rows["BYOL (COCO)"].recipe == "default" and rows["BYOL (COCO)"].paper["ap_bb"] == 39.5
     assert rows["SimSiam (COCO)"].recipe is None and rows["SimSiam (COCO)"].missing == "not implemented in orl-bench"
     # real data at the paper's scale: COCO+ needs its own root
-    paper = by_label(tables.plan_rows(table, "paper", ref, {}))
+    paper = by_label(plan.plan_rows(table, "paper", ref, {}))
     assert paper["ORL (COCO+)"].recipe is None and paper["ORL (COCO+)"].missing.startswith("dataset absent: COCO+")
-    with_coco = by_label(tables.plan_rows(table, "default", ref, tables.data_overrides({"coco": "/c"})[0]))
+    with_coco = by_label(plan.plan_rows(table, "default", ref, plan.data_overrides({"coco": "/c"})[0]))
     assert with_coco["ORL (COCO+)"].missing.startswith("dataset absent")  # never the scenes beside real COCO
 
 
 def test_tables_1_and_2_run_densecl_and_selfemd_beside_the_papers_rows_without_a_paper_number(ref):
     for number in "12":
-        rows = by_label(tables.plan_rows(ref.table(f"table{number}"), "default", ref, {}))
+        rows = by_label(plan.plan_rows(ref.table(f"table{number}"), "default", ref, {}))
         for label in ("DenseCL (COCO), not in this table of the paper", "Self-EMD (COCO), not in this table of the paper"):
             assert rows[label].recipe == "default" and rows[label].paper == {} and rows[label].missing is None
-    table4 = by_label(tables.plan_rows(ref.table("table4"), "default", ref, {}))
+    table4 = by_label(plan.plan_rows(ref.table("table4"), "default", ref, {}))
     assert table4["DenseCL (COCO)"].paper["ap_mk"] == 35.7 and not any("not in this" in label for label in table4)
 
 
 @pytest.mark.parametrize("scale", ["tiny", "default"])
 def test_coco_plus_rows_pretrain_on_the_embedded_coco_plus_at_the_embedded_scales(ref, scale):
     for number in "1234":
-        plan = tables.plan_rows(ref.table(f"table{number}"), scale, ref, {})
-        assert not [row.label for row in plan if row.missing]
-        rows = by_label(plan)
+        planned = plan.plan_rows(ref.table(f"table{number}"), scale, ref, {})
+        assert not [row.label for row in planned if row.missing]
+        rows = by_label(planned)
         for method in ("BYOL", "ORL"):
             coco, plus = rows[f"{method} (COCO)"], rows[f"{method} (COCO+)"]
             assert coco.recipe == plus.recipe == scale and not coco.coco_plus and plus.coco_plus
@@ -58,23 +59,23 @@ def test_coco_plus_rows_pretrain_on_the_embedded_coco_plus_at_the_embedded_scale
 
 
 def test_real_coco_plus_pretrains_the_coco_plus_rows_and_the_coco_rows_on_its_train2017(ref):
-    pre, _ = tables.data_overrides({"coco_plus": "/cp"})
-    rows = by_label(tables.plan_rows(ref.table("table4"), "paper", ref, pre))
+    pre, _ = plan.data_overrides({"coco_plus": "/cp"})
+    rows = by_label(plan.plan_rows(ref.table("table4"), "paper", ref, pre))
     assert rows["ORL (COCO+)"].recipe == "paper" and rows["ORL (COCO+)"].missing is None
     assert rows["ORL (COCO+)"].data == ("data.source=coco_plus", "data.root=/cp")
     assert rows["ORL (COCO)"].data == ("data.source=coco", "data.root=/cp")
-    pre, _ = tables.data_overrides({"coco": "/c", "coco_plus": "/cp"})
-    both = by_label(tables.plan_rows(ref.table("table4"), "paper", ref, pre))
+    pre, _ = plan.data_overrides({"coco": "/c", "coco_plus": "/cp"})
+    both = by_label(plan.plan_rows(ref.table("table4"), "paper", ref, pre))
     assert both["ORL (COCO)"].data == ("data.source=coco", "data.root=/c")
 
 
 def test_ablation_rows_are_the_scales_recipes_with_the_paper_number_of_their_settings(ref):
-    rows = by_label(tables.plan_rows(ref.table("table5a"), "default", ref, {}))
+    rows = by_label(plan.plan_rows(ref.table("table5a"), "default", ref, {}))
     assert {label: row.paper.get("voc07") for label, row in rows.items() if row.recipe} == {
         "BYOL [default]": 84.5, "ORL [default]": 86.7, "ORL [default_5a_inter_only]": 85.9,
         "ORL [default_5a_intra_only]": 85.7}
     # 5(e): the scale's own epochs stand for the paper's 800 (BYOL default: 8 epochs)
-    epochs = by_label(tables.plan_rows(ref.table("table5e"), "default", ref, {}))
+    epochs = by_label(plan.plan_rows(ref.table("table5e"), "default", ref, {}))
     assert epochs["BYOL [default_5e_epochs4]"].paper == {"voc07": 83.7}  # 400
     assert epochs["BYOL [default_5e_epochs16]"].paper == {"voc07": 84.9}  # 1600
 
@@ -88,7 +89,7 @@ def record(method, value, seed=0, layer="res5", task="voc07_svm", metric="mAP", 
 
 def test_cells_average_seeds_at_the_best_layer_and_skip_stale_configs(ref):
     table = ref.table("table1")
-    rows = [r for r in tables.plan_rows(table, "default", ref, {}) if r.method in ("chance", "byol", "orl")]
+    rows = [r for r in plan.plan_rows(table, "default", ref, {}) if r.method in ("chance", "byol", "orl")]
     records = [record("byol", 50.0, seed=0), record("byol", 55.0, seed=0, layer="res4"),  # best layer: 55
                record("byol", 45.0, seed=1),
                record("byol", 99.0, seed=2),  # beyond --seeds 2
@@ -113,7 +114,7 @@ def test_cells_average_seeds_at_the_best_layer_and_skip_stale_configs(ref):
 
 def test_coco_and_coco_plus_runs_of_one_method_and_recipe_fill_their_own_rows(ref):
     table = ref.table("table1")
-    rows = [r for r in tables.plan_rows(table, "default", ref, {}) if r.method == "byol"]
+    rows = [r for r in plan.plan_rows(table, "default", ref, {}) if r.method == "byol"]
     records = [record("byol", 50.0),  # recorded before records named their pretraining data: a COCO run
                record("byol", 52.0, seed=1, pretrain_data="synth"),
                record("byol", 60.0, artifact="p" * 64, pretrain_data="synth_plus")]
@@ -121,17 +122,18 @@ def test_coco_and_coco_plus_runs_of_one_method_and_recipe_fill_their_own_rows(re
     voc = frame[frame["task"] == "voc07_svm"].set_index("row")
     assert voc.loc["BYOL (COCO)", "mean"] == 51.0 and voc.loc["BYOL (COCO)", "pretrain_data"] == ["synth"]
     assert voc.loc["BYOL (COCO+)", "mean"] == 60.0 and voc.loc["BYOL (COCO+)", "pretrain_data"] == ["synth_plus"]
-    task_hash = tables.task_recipe_hash("voc07_svm", "default", {})
+    task_hash = plan.task_recipe_hash("voc07_svm", "default", {})
     stored = [{**r, "task_config_hash": task_hash} for r in records[:2]]
-    todo = tables.missing_runs(rows, ["voc07_svm"], 1, stored, {})
-    assert [(row.label, seed, tasks) for row, seed, tasks in todo] == [("BYOL (COCO+)", 0, ["voc07_svm"])]
-    assert tables.run_name(todo[0][0]) == "byol [default] on COCO+"
+    voc_only = tuple(c for c in table.columns if c.task == "voc07_svm")
+    todo = plan.missing_runs([(replace(table, columns=voc_only), rows)], 1, stored, {})
+    assert [(run.row.label, run.seed, run.tasks) for run in todo] == [("BYOL (COCO+)", 0, ("voc07_svm",))]
+    assert tables.run_name(todo[0].row) == "byol [default] on COCO+"
 
 
 def test_unknown_data_names_are_an_error_listing_the_known():
     with pytest.raises(ConfigError, match="--data cityscapes=...: unknown dataset; expected one of coco, coco_plus"):
-        tables.data_overrides({"cityscapes": "/x"})
-    pre, per_task = tables.data_overrides({"coco": "/c", "voc07": "/v"})
+        plan.data_overrides({"cityscapes": "/x"})
+    pre, per_task = plan.data_overrides({"coco": "/c", "voc07": "/v"})
     assert pre == {"coco": ["data.source=coco", "data.root=/c"]}
     assert per_task["voc07_lowshot"] == ["data.source=voc2007", "data.root=/v"]
 
@@ -174,11 +176,11 @@ def test_table_needs_at_least_one_seed(capsys, workdir):
 
 def test_dry_run_names_the_artifact_a_single_stage_row_would_reuse(capsys, workdir):
     run_main(capsys, "pretrain", "--method", "random", "--recipe", "tiny", "--workdir", str(workdir))
-    cfg = tables.pipeline.load_pretrain_config("random", "tiny", ["train.seed=0"])
-    assert tables.stored_artifact(cfg, workdir) == next((workdir / "artifacts").glob("random-*"))
-    assert tables.stored_artifact(tables.pipeline.load_pretrain_config("random", "tiny", ["train.seed=1"]), workdir) is None
+    cfg = pipeline.load_pretrain_config("random", "tiny", ["train.seed=0"])
+    assert plan.stored_artifact(cfg, workdir) == next((workdir / "artifacts").glob("random-*"))
+    assert plan.stored_artifact(pipeline.load_pretrain_config("random", "tiny", ["train.seed=1"]), workdir) is None
     # a multi-stage method's key holds its earlier stages' outputs: unknown until they are built
-    assert tables.stored_artifact(tables.pipeline.load_pretrain_config("orl", "tiny", []), workdir) is None
+    assert plan.stored_artifact(pipeline.load_pretrain_config("orl", "tiny", []), workdir) is None
     said = run_main(capsys, "table", "2", "--recipe", "tiny", "--seeds", "2", "--dry-run", "--workdir", str(workdir))
     assert "would build: random [tiny] seed 0: reuse random-" in said
     assert "would build: random [tiny] seed 1: pretrain (or reuse its artifact), then evaluate" in said
@@ -199,7 +201,7 @@ def test_pretraining_time_counts_the_stages_built_in_the_same_run(tmp_path):
 
 def test_a_metric_carried_as_a_field_fills_its_own_column(ref):
     table = ref.table("table3")
-    rows = [r for r in tables.plan_rows(table, "default", ref, {}) if r.method in ("chance", "byol")]
+    rows = [r for r in plan.plan_rows(table, "default", ref, {}) if r.method in ("chance", "byol")]
     records = [record("byol", 30.0, task=task, metric="top1", layer=None, top5=60.0)
                for task in ("semi_imagenet_1pct", "semi_imagenet_10pct")]
     frame = tables.fill(table, rows, records, seeds=1, task_hash={(c.task, "default"): "h" for c in table.columns})
