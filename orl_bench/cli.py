@@ -35,7 +35,8 @@ from orl_bench.results import diagnose, table_figures, tables
 from orl_bench.results.figures import correspondence_grid, learning_curves, low_shot_curves, result_bars
 from orl_bench.results.paper import load_reference
 from orl_bench.results.records import load_records, read_records, records_path
-from orl_bench.results.report import at_a_glance, glance_markdown, summarize, to_csv, to_markdown
+from orl_bench.results.report import (at_a_glance, glance_markdown, run_glance, summarize, timings_line, to_csv,
+                                      to_markdown)
 
 # Errors answered with one line and exit status 2: bad input, a failing disk (OSError: unreadable,
 # missing or wrong-kind paths, a full disk; what was written before stays whole) and a diverged
@@ -104,8 +105,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     timings.update({"eval_s": round(time.perf_counter() - t_eval, 2), "eval_reused": reused,
                     "total_s": round(time.perf_counter() - t0, 2)})
-    print(to_markdown(summarize(records, load_reference())))
-    print("timings: " + json.dumps(timings))
+    if args.full:
+        print(to_markdown(summarize(records, load_reference())))
+        print("timings: " + json.dumps(timings))
+    else:
+        print(run_glance(records, load_records(workdir), load_reference()))
+        print(timings_line(timings))
     print(f"records {'already stored' if reused else 'appended'} in {records_path(workdir)}")
     if args.records_out:
         atomic_write_text(Path(args.records_out), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
@@ -422,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records-out", help="also write this run's records (new or already stored) to this JSON-lines "
                                          "file, so a script that launches runs collects exactly their results; the "
                                          "store in the workdir holds every run's")
+    p.add_argument("--full", action="store_true", help="print every layer's record (the table `report --full` "
+                   "prints) and the stage times as JSON, instead of the at-a-glance view")
     add_common(p)
     checkpoint_args(p)
     slurm.add_launcher_args(p)

@@ -1,4 +1,5 @@
-"""Rank-0 run logs: JSON lines (machine-readable), TensorBoard scalars, tqdm on a terminal."""
+"""Rank-0 run logs: JSON lines (machine-readable), TensorBoard scalars, tqdm on a terminal, a progress
+line every N seconds when output goes to a file (orl_bench/progress.py)."""
 from __future__ import annotations
 
 import json
@@ -7,13 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orl_bench.progress import Meter
+
 
 class RunLogger:
     """Writes nothing on ranks other than 0."""
 
-    def __init__(self, out_dir: Path, enabled: bool, total: int, initial: int = 0):
+    def __init__(self, out_dir: Path, enabled: bool, total: int, initial: int = 0, label: str = "training"):
         self.enabled = enabled
         self._bar = self._tb = self._file = None
+        self._meter = Meter(label, total, "steps", initial, enabled)
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -47,6 +51,7 @@ class RunLogger:
     def tick(self) -> None:
         if self._bar:
             self._bar.update(1)
+        self._meter.update()
 
     def close(self) -> None:
         for handle in (self._bar, self._tb, self._file):

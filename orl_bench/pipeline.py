@@ -28,6 +28,7 @@ from orl_bench.engine.checkpoint_formats import Checkpoint, load_checkpoint
 from orl_bench.engine.distributed import DistInfo, barrier
 from orl_bench.engine.trainer import pretrain
 from orl_bench.io import file_lock, sha256_file
+from orl_bench import progress
 from orl_bench.methods.base import Method, StageContext
 from orl_bench.models.backbones import build_backbone
 from orl_bench.provenance import device_name, git_revision, now_iso
@@ -193,7 +194,8 @@ def ensure_pretrained(cfg: PretrainConfig, recipe: str, workdir: Path, info: Dis
             if cfg.method["name"] != RANDOM:
                 monitor = knn_monitor(cfg.data, workdir, info.device, cfg.train.monitor_root) \
                     if cfg.train.monitor_every_epochs and info.is_main else None
-                pretrain(cfg, out, images.paths, extra, info, inputs, run_info, monitor)
+                with progress.stage(f"pretraining {out.name} ({recipe})", info.is_main):
+                    pretrain(cfg, out, images.paths, extra, info, inputs, run_info, monitor)
             elif info.is_main:
                 export_random(cfg, out, extra, run_info)
         barrier(info)
@@ -262,7 +264,8 @@ def evaluate(task_cfg: TaskConfig, ref: BackboneRef, workdir: Path, device: torc
     if not reused:
         t0 = time.perf_counter()
         task = TASKS.get(task_cfg.name)(task_cfg, workdir, device, info)
-        rows = task.evaluate(ref)
+        with progress.stage(f"evaluating {ref.method} on {task_cfg.name}", info is None or info.is_main):
+            rows = task.evaluate(ref)
         if info is not None and not info.is_main:
             return [], False
         common = {"task": task_cfg.name, "task_config_hash": task_hash, "git_revision": git_revision(),

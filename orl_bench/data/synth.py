@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from orl_bench import progress
 from orl_bench.data.synth_scene import (SceneObject, SceneStyle, category_names, category_table,
                                         is_difficult, render_scene)
 
@@ -306,7 +307,8 @@ def build_once(final: Path, generate: Callable[[Path], None]) -> Path:
     tmp = final.parent / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        generate(tmp)
+        with progress.stage(f"generating {final.name}"):
+            generate(tmp)
         os.rename(tmp, final)
     except OSError:
         if not final.is_dir():

@@ -146,7 +146,7 @@ def _pretrain(cfg: PretrainConfig, artifact_dir: Path, image_paths: list[Path], 
         step, unreadable = state["step"], set(state["unreadable"])
     if info.is_main:
         write_config(artifact_dir, cfg)
-    log = RunLogger(artifact_dir, info.is_main, total=max_steps, initial=step)
+    log = RunLogger(artifact_dir, info.is_main, total=max_steps, initial=step, label=f"training {cfg.method['name']}")
     if step:
         log.event("resume", step=step)
 

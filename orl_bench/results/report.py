@@ -19,6 +19,7 @@ import pandas as pd
 
 from orl_bench import pipeline
 from orl_bench.data.sources import COCO_PLUS_SOURCES
+from orl_bench.progress import duration
 from orl_bench.results.paper import PaperReference
 from orl_bench.results.records import CHANCE
 
@@ -153,3 +154,74 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     frame = pd.DataFrame(rows, columns=[*GROUP_KEYS, "mean", "std", "n", "seeds", "paper"])
     frame["seeds"] = frame["seeds"].map(lambda s: " ".join(map(str, s)))
     return frame.to_csv(index=False)
+
+
+REFERENCE_METHODS = ("random", "byol")  # what a run's number is read against, when the store has them
+SCALES = ("tiny", "default", "paper")
+
+
+def _reference_records(stored: list[dict[str, Any]], first: dict[str, Any], method: str) -> list[dict[str, Any]]:
+    """The stored records of `method` at the run's scale, task config and (but for random init, which
+    sees no images) pretraining data."""
+    plus = first.get("pretrain_data") in COCO_PLUS_SOURCES
+    return [r for r in stored if r["method"] == method and r["task"] == first["task"]
+            and r.get("task_config_hash") == first.get("task_config_hash") and _scale(r.get("recipe")) == _scale(
+                first.get("recipe")) and (method == "random" or (r.get("pretrain_data") in COCO_PLUS_SOURCES) == plus)]
+
+
+def _level(records: list[dict[str, Any]]) -> str:
+    """Mean over artifacts at each one's best layer, with the seed count when there are several."""
+    best = [r["value"] for r in best_per_artifact(records)]
+    return "-" if not best else f"{statistics.fmean(best):.2f}" + (f" (n={len(best)})" if len(best) > 1 else "")
+
+
+def run_glance(run: list[dict[str, Any]], stored: list[dict[str, Any]], paper: PaperReference) -> str:
+    """What `orl-bench run` prints: per task cell of the run's records, the method at its best layer
+    and at res5, beside the cell's chance level, random init and BYOL of the same scale from the
+    store (and how to build them when it lacks them), and the paper's number; lines of at most 100
+    columns."""
+    mine = [r for r in run if r["method"] != CHANCE]
+    first = mine[0]
+    method, task = first["method"], first["task"]
+    references = {m: _reference_records(stored, first, m) for m in REFERENCE_METHODS if m != method}
+    lines = []
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for r in mine:
+        cells.setdefault((r["metric"], r.get("k"), r["dataset"]), []).append(r)
+    for (metric, k, dataset), found in cells.items():
+        best = best_per_artifact(found)[0]
+        res5 = next((r["value"] for r in found if r.get("layer") == "res5"), None)
+        in_cell = [r for r in run if r["method"] == CHANCE and r["metric"] == metric and r["dataset"] == dataset]
+        line = {"cell": metric + ("" if k is None else f" k={k}"),
+                method: f"{best['value']:.2f}" + (f" ({best['layer']})" if best.get("layer") else ""),
+                "res5": _number(res5)}
+        line.update({m: _level([r for r in refs if r["metric"] == metric and r.get("k") == k
+                                and r["dataset"] == dataset]) for m, refs in references.items()})
+        line["chance"] = _number(in_cell[-1]["value"] if in_cell else None)
+        line["paper"] = _number(summarize([best], paper)[0]["paper"], 1)
+        lines.append(line)
+    seed = "" if first.get("seed") is None else f", seed {first['seed']}"
+    title = f"{method} [{first.get('recipe')}{seed}] on {task} ({first['dataset']}), best layer and res5:"
+    table = pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)
+    notes = []
+    missing = [m for m, refs in references.items() if not refs]
+    if missing and _scale(first.get("recipe")) in SCALES:
+        notes.append(f"not stored yet, to read {method} against ({', '.join(missing)}):")
+        notes += [f"  orl-bench run --method {m} --recipe {_scale(first.get('recipe'))} --task {task}" for m in missing]
+    return "\n".join([title, "", table, *([""] + notes if notes else [])]) + "\n"
+
+
+def timings_line(timings: dict[str, Any]) -> str:
+    """`run`'s stage times on one line: 'data 41 s · stage 1 1 min 36 s · ... · total 14 min 17 s'."""
+    def part(name: str, seconds: Any, reused: Any = False) -> str:
+        return f"{name} reused" if reused else f"{name} {duration(seconds or 0)}"
+    stage1 = timings.get("stage1")
+    parts = [part("data", timings["data_s"])] if "data_s" in timings else []
+    if isinstance(stage1, dict):
+        parts += [part("stage 1", stage1.get("pretrain_s"), stage1.get("pretrain_reused")),
+                  part("stage 2", timings.get("stage2_s"), timings.get("stage2_reused"))]
+    if "pretrain_s" in timings:
+        parts.append(part("stage 3" if isinstance(stage1, dict) else "pretraining", timings["pretrain_s"],
+                          timings.get("pretrain_reused")))
+    parts.append("evaluation: stored records" if timings.get("eval_reused") else part("evaluation", timings["eval_s"]))
+    return "time: " + " · ".join(parts) + f" · total {duration(timings['total_s'])}"

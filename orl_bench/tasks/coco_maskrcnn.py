@@ -209,7 +209,8 @@ def fine_tune(model: nn.Module, data: InstanceImages, p: MaskRCNNParams, state_p
     if per_pass == 0:
         raise ValueError(f"params.batch_size {p.batch_size} is larger than the {len(data)} training images")
     passes = iteration // per_pass
-    log = RunLogger(state_path.parent, info.is_main, total=p.iterations, initial=iteration)
+    log = RunLogger(state_path.parent, info.is_main, total=p.iterations, initial=iteration,
+                    label="Mask R-CNN fine-tuning")
     log.event("fine_tune", iterations=p.iterations, batch_size=p.batch_size, world_size=info.world_size,
               lr=lr, amp=str(amp_dtype), resumed_at=iteration)
     model.train()

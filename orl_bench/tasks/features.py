@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from orl_bench import progress
 from orl_bench.config import FeatureConfig, config_hash
 from orl_bench.data.images import UnreadableImageError, read_rgb
 from orl_bench.data.views import normalize
@@ -101,7 +102,9 @@ def compute_features(backbone: ResNet, paths: list[Path], layers: tuple[str, ...
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     chunks: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
     valid: list[np.ndarray] = []
+    meter = progress.Meter("features", len(paths), "images")
     for images, ok in loader:
+        meter.update(len(images))
         for layer, rows in tap_features(backbone, images.to(device, non_blocking=True), layers).items():
             chunks[layer].append(rows.float().cpu().numpy())
         valid.append(ok.numpy())

@@ -214,7 +214,7 @@ def test_grid_draws_only_images_with_pairs_and_checks_its_input(workdir, tmp_pat
 def test_run_records_carry_variant_and_epochs(built_copy, capsys):
     workdir, _ = built_copy
     assert main(["run", "--method", "orl", "--recipe", "tiny", "--set", "train.epochs=1",
-                 "--workdir", str(workdir)]) == 0
+                 "--workdir", str(workdir), "--full"]) == 0
     out = capsys.readouterr().out
     timings = json.loads(out.split("timings: ")[1].splitlines()[0])
     assert {"stage1", "stage2_s", "stage2_steps_s", "pretrain_s", "pretrain_reused", "eval_s"} <= set(timings)

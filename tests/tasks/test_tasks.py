@@ -15,7 +15,7 @@ from tests.conftest import run_main
 @pytest.mark.parametrize("task", TASKS.names())
 def test_every_task_runs_on_the_tiny_recipe_and_is_reused(task, capsys, workdir):
     args = ("run", "--method", "byol", "--recipe", "tiny", "--task", task, "--workdir", str(workdir),
-            "--set", "train.epochs=1")
+            "--set", "train.epochs=1", "--full")
     run_main(capsys, *args)
     records = [r for r in load_records(workdir) if r["task"] == task]
     byol = [r for r in records if r["method"] == "byol"]

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from orl_bench import progress
 from orl_bench.data.coco import CocoDataset
 from orl_bench.data.images import UnreadableImageError, read_rgb
 from orl_bench.engine.distributed import DistInfo
@@ -98,6 +99,7 @@ def compute_proposals(paths: list[Path], store_dir: Path, workers: int, rank: in
     share = range(rank, len(paths), world_size)
     jobs = [(i, Path(paths[i]), store.root) for i in share if not store.has(i)]
     workers = max(1, min(workers, len(jobs)))
+    meter = progress.Meter("selective search", len(jobs), "images", enabled=rank == 0)
     if workers > 1:
         # spawn: a fork of a process that already runs torch/OpenCV thread pools can deadlock;
         # one OpenCV thread per process so that processes are not oversubscribed
@@ -105,10 +107,12 @@ def compute_proposals(paths: list[Path], store_dir: Path, workers: int, rank: in
         with ctx.Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
             for _ in pool.imap_unordered(_compute_one, jobs, chunksize=1):
                 fault_point("stage2.proposals")
+                meter.update()
     else:
         for job in jobs:
             _compute_one(job)
             fault_point("stage2.proposals")
+            meter.update()
     return [i for i in share if len(store.load(i)) == 0]
 
 

@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from orl_bench import progress
 from orl_bench.config import PretrainConfig, added_later, config_hash, from_dict, to_dict, volatile
 from orl_bench.data.coco import CocoDataset
 from orl_bench.data.images import UnreadableImageError, read_rgb
@@ -221,7 +222,7 @@ class _Pixels(Dataset):
 
 
 def embed_images(backbone: ResNet, paths: list[Path], boxes: list[np.ndarray], positions: list[int],
-                 out_dir: Path, p: Stage2Params) -> int:
+                 out_dir: Path, p: Stage2Params, announce: bool = True) -> int:
     """Embed and save the RoIs of `positions`, one file per image as soon as its last crop is
     embedded. Crops of consecutive images share forward passes of `batch_size` (one forward per
     image would run ~3 crops at a time with ground-truth boxes and leave a GPU idle), and `workers`
@@ -243,8 +244,10 @@ def embed_images(backbone: ResNet, paths: list[Path], boxes: list[np.ndarray], p
             fault_point("stage2.roi")
         pending.clear()
 
+    meter = progress.Meter("stage 2 RoI embeddings", len(positions), "images", enabled=announce)
     with ForwardCounter(backbone) as counter:
         for i, pixels in loader:
+            meter.update()
             pending.append((i, normalised(pixels, device) if p.roi_crop == "pil"  # cropped by the loader
                                else crop_rois(pixels, boxes[i], size=p.roi_size, device=device)))
             if sum(len(crops) for _, crops in pending) >= p.batch_size:
@@ -263,9 +266,10 @@ def retrieve_all(out_dir: Path, neighbours: np.ndarray, ratio: float) -> list[li
 
 
 @contextlib.contextmanager
-def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+def _timed(timings: dict[str, float], step: str, announce: bool = True) -> Iterator[None]:
     t0 = time.perf_counter()
-    yield
+    with progress.stage(f"stage 2 {step}", announce):
+        yield
     timings[step] = round(timings.get(step, 0.0) + time.perf_counter() - t0, 3)
 
 
@@ -311,27 +315,27 @@ def discover(stage1_dir: Path, paths: list[Path], coco: list[CocoDataset] | None
 
     @functools.cache
     def stage1() -> Method:  # loaded by the first step that needs it, on its rank only
-        with _timed(timings, "load_stage1"):
+        with _timed(timings, "load_stage1", info.is_main):
             return load_stage1(stage1_dir).to(info.device)
 
     files = {name: out_dir / name for name in ("image_sizes.npy", "embeddings.npy", "knn.npy", "boxes.npz")}
     if info.is_main and not files["embeddings.npy"].exists():
         online = stage1().online
-        with _timed(timings, "embeddings"):
+        with _timed(timings, "embeddings", info.is_main):
             emb, sizes = embed_bank(online, paths, params, info.device)
             save_npy(files["image_sizes.npy"], sizes)
             save_npy(files["embeddings.npy"], emb)
         fault_point("stage2.step")
     if info.is_main and not files["knn.npy"].exists():
-        with _timed(timings, "knn"):
+        with _timed(timings, "knn", info.is_main):
             save_npy(files["knn.npy"], knn(np.load(files["embeddings.npy"]), params.knn_k))
         fault_point("stage2.step")
     if params.box_source == "selective_search" and not files["boxes.npz"].exists():
-        with _timed(timings, "proposals"):
+        with _timed(timings, "proposals", info.is_main):
             shared_proposals(proposal_dir, paths, params.workers, info)
     barrier(info)
     if info.is_main and not files["boxes.npz"].exists():
-        with _timed(timings, "boxes"):
+        with _timed(timings, "boxes", info.is_main):
             raw = _raw_boxes(params, n, coco, proposal_dir)
             save_boxes(files["boxes.npz"], filtered_boxes(raw, np.load(files["image_sizes.npy"]), params))
         fault_point("stage2.step")
@@ -339,13 +343,13 @@ def discover(stage1_dir: Path, paths: list[Path], coco: list[CocoDataset] | None
     boxes = load_boxes(files["boxes.npz"])
     todo = [i for i in range(info.rank, n, info.world_size) if not roi_path(out_dir, i).exists()]
     backbone = stage1().backbone if todo else None
-    with _timed(timings, "roi_embeddings"):
-        forwards = embed_images(backbone, paths, boxes, todo, out_dir, params) if todo else 0
+    with _timed(timings, "roi_embeddings", info.is_main):
+        forwards = embed_images(backbone, paths, boxes, todo, out_dir, params, info.is_main) if todo else 0
     forwards = _sum_over_ranks(forwards, info)
     barrier(info)
     if info.is_main:
         neighbours = np.load(files["knn.npy"])
-        with _timed(timings, "pairs"):
+        with _timed(timings, "pairs", info.is_main):
             pairs = retrieve_all(out_dir, neighbours, params.pair_ratio)
         sizes = np.load(files["image_sizes.npy"])
         unreadable = np.flatnonzero(sizes[:, 0] == 0).tolist()
@@ -355,7 +359,7 @@ def discover(stage1_dir: Path, paths: list[Path], coco: list[CocoDataset] | None
         meta = {**params.info(), "stage1": Path(stage1_dir).name, "stage1_backbone_sha256": stage1_sha,
                 "unreadable_images": len(unreadable), "unreadable_positions": unreadable,
                 "kept_boxes": int(sum(len(b) for b in boxes))}
-        with _timed(timings, "save"):
+        with _timed(timings, "save", info.is_main):
             c = Correspondences(ids, names, boxes, neighbours, pairs, meta)
             c.validate(n_images=n, image_sizes=[tuple(s) for s in sizes.tolist()])
             c.save(final)
