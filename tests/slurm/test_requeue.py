@@ -209,6 +209,8 @@ def test_signal_outside_training_requeues_at_once_from_rank_0(watched, monkeypat
 
 
 AGREE = """
+import torch.distributed
+
 from orl_bench.engine import preemption
 from orl_bench.engine.distributed import init_distributed
 
@@ -219,6 +221,9 @@ for signalled_rank in (None, 1):
     preemption._requested = info.rank == signalled_rank
     answers.append(preemption.requested(info))
 assert answers == [False, True], (info.rank, answers)
+# gloo's threads must be gone before the interpreter exits (else: "terminate called", SIGABRT)
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 """
 
 
