@@ -13,11 +13,9 @@ import pytest
 from tests.conftest import fresh_home, run_cli
 from tests.slurm.test_launcher import cluster_env
 
-TABLE = ("table", "1", "--recipe", "tiny")
-
-
-def table_args(home: Path) -> tuple[str, ...]:
-    return (*TABLE, "--workdir", str(home), "--out", str(home / "tables"), "--figures", str(home / "figures"))
+def table_args(home: Path, number: str = "1") -> tuple[str, ...]:
+    return ("table", number, "--recipe", "tiny", "--workdir", str(home), "--out", str(home / "tables"), "--figures",
+            str(home / "figures"))
 
 
 def ledger(home: Path) -> list[dict]:
@@ -59,12 +57,13 @@ def test_table_graph_makes_the_local_builds_cells_and_a_second_call_submits_noth
 
 def test_queued_steps_are_not_submitted_again_and_jobs_cancels_them(slurm_cluster, tmp_path, workdir):
     env = cluster_env(slurm_cluster, tmp_path)
-    # held: queued but never started, so the graph stays queued while the second call plans
-    first = run_cli(*table_args(workdir), "--launcher", "slurm", "--slurm", "hold", env=env)
+    # held: queued but never started, so the graph stays queued while the second call plans; Table 2
+    # (one task) is the smallest graph with every kind of step
+    first = run_cli(*table_args(workdir, "2"), "--launcher", "slurm", "--slurm", "hold", env=env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     submitted = re.findall(r"submitted Slurm job (\d+)", first.stdout)
     assert len(submitted) == len(ledger(workdir)) > 10
-    second = run_cli(*table_args(workdir), "--launcher", "slurm", "--slurm", "hold", env=env)
+    second = run_cli(*table_args(workdir, "2"), "--launcher", "slurm", "--slurm", "hold", env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     # every step is already queued: only the table's own last job is new, after the queued ones
     assert re.findall(r"submitted Slurm job (\d+)", second.stdout) == [ledger(workdir)[-1]["job_id"]]
