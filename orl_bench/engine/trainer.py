@@ -58,8 +58,10 @@ def build_method(cfg: PretrainConfig, info: DistInfo, inputs: Mapping[str, Path]
     # Single-stage plugins may define __init__(cfg) only: pass inputs just to those that use them.
     method: Method = plugin(cfg, inputs) if inputs else plugin(cfg)
     if cfg.train.augment == "device" and method.view_specs() is None:
-        raise ConfigError(f"method '{cfg.method['name']}' makes its samples from more than the image, which only "
-                          "the loader path does: set train.augment=loader")
+        # what the method lacks: a view_specs() (its samples may need more than the image, or it may not say)
+        raise ConfigError(f"method '{cfg.method['name']}' declares no view_specs(), which train.augment=device "
+                          "needs: set train.augment=loader, or declare them if each view is an augmented crop of "
+                          "the image (docs/plugins.md)")
     if info.distributed and cfg.train.sync_bn:
         if info.device.type != "cuda":
             raise ValueError("train.sync_bn=true needs CUDA (torch's SyncBatchNorm is GPU-only); "

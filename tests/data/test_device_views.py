@@ -42,8 +42,8 @@ def test_device_path_batches_match_the_loader_path(workdir, method):
 @pytest.mark.parametrize("name", ["supervised", "scrl", "univip"])
 def test_methods_whose_samples_need_more_than_the_image_refuse_the_device_path(workdir, name):
     cfg = pipeline.load_pretrain_config(name, "tiny", ["train.augment=device"])
-    with pytest.raises(ConfigError, match=f"method '{name}' makes its samples from more than the image.*"
-                                          "train.augment=loader"):
+    with pytest.raises(ConfigError, match=rf"method '{name}' declares no view_specs\(\), which train.augment=device "
+                                          "needs: set train.augment=loader"):
         build_method(cfg, DistInfo(0, 1, 0, torch.device("cpu")))
 
 
