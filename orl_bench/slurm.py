@@ -59,6 +59,11 @@ FINISHED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "
 POLL_S = 2.0
 
 
+def _last_line(text: str) -> str:
+    """A Slurm command's error in one line: its last, which says why (the ones before say where)."""
+    return (text.strip().splitlines() or ["(no message)"])[-1]
+
+
 class SlurmError(RuntimeError):
     """Slurm refused or lost a job (sbatch failed, scontrol no longer knows it)."""
 
@@ -140,7 +145,7 @@ def check_cluster(resources: dict) -> None:
     if partition:
         listed = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=60)
         if listed.returncode != 0:
-            raise SlurmError(f"sinfo failed: {listed.stderr.strip()}")
+            raise SlurmError(f"sinfo failed: {_last_line(listed.stderr)}")
         known = [name.rstrip("*") for name in listed.stdout.split()]  # the default partition is starred
         if partition not in known:
             raise ConfigError(f"unknown Slurm partition '{partition}'; this cluster has: {', '.join(known)}")
@@ -228,10 +233,13 @@ def read_ledger(workdir: Path) -> list[dict]:
 
 def queued_jobs() -> dict[str, str]:
     """Job id -> state of this user's jobs that Slurm still holds (pending, running, requeued)."""
+    if shutil.which("squeue") is None:
+        raise ConfigError("Slurm's commands (squeue, scancel, scontrol) are not on PATH: run this where the jobs "
+                          "were submitted, on a Slurm login node")
     listed = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T"], capture_output=True, text=True,
                             timeout=60)
     if listed.returncode != 0:
-        raise SlurmError(f"squeue failed: {listed.stderr.strip()}")
+        raise SlurmError(f"squeue failed: {_last_line(listed.stderr)}")
     return dict(line.split("|", 1) for line in listed.stdout.split())
 
 
@@ -315,5 +323,5 @@ def cancel(entries: list[dict]) -> list[str]:
     if ids:
         done = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
-            raise SlurmError(f"scancel failed: {done.stderr.strip()}")
+            raise SlurmError(f"scancel failed: {_last_line(done.stderr)}")
     return ids
