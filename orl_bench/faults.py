@@ -38,6 +38,15 @@ def _target() -> tuple[str, int] | None:
 _passes: dict[str, int] = {}
 
 
+def kill_at(point: str, n: int) -> None:
+    """Arm this process as `ORL_BENCH_KILL_AT=<point>:<n>` would, after it started (a forked child
+    of a process that read the variable unset: orl_bench.testing's kill -9 check)."""
+    os.environ[ENV] = f"{point}:{n}"
+    _target.cache_clear()
+    _target()  # a bad point or count fails here, not at the first pass
+    _passes.pop(point, None)
+
+
 def fault_point(point: str) -> None:
     target = _target()
     if target is None or target[0] != point:

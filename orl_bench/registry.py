@@ -6,8 +6,10 @@ packages arrive through the entry-point groups `orl_bench.methods` and `orl_benc
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Callable, Generic, TypeVar
 
@@ -50,6 +52,19 @@ class Registry(Generic[T]):
         for ep in metadata.entry_points(group=self.group):
             dist = ep.dist.name if ep.dist is not None else "unknown distribution"
             self._add(ep.name, ep.load(), f"entry point '{ep.name} = {ep.value}' of {dist}")
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[Registry[T]]:
+        """For tests: inside the block entry points are looked up again (a test may have put a
+        plugin's distribution on sys.path) and `register` may add classes; after it, the registry
+        is as it was before."""
+        self._load()
+        entries, sources = dict(self._entries), dict(self._sources)
+        self._loaded = False
+        try:
+            yield self
+        finally:
+            self._entries, self._sources, self._loaded = entries, sources, True
 
     def names(self) -> list[str]:
         self._load()

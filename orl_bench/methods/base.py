@@ -19,6 +19,7 @@ from orl_bench.data.pretrain_dataset import ViewsDataset
 from orl_bench.data.sources import ImageList
 from orl_bench.data.views import ViewSpec, views_of
 from orl_bench.engine.distributed import DistInfo
+from orl_bench.engine.optim import default_param_groups
 from orl_bench.models.backbones import ResNet, build_backbone
 
 
@@ -89,6 +90,14 @@ class Method(nn.Module):
 
     def build_backbone(self) -> ResNet:
         return build_backbone(self.cfg.model.arch, self.cfg.model.width, self.cfg.model.conv_init)
+
+    def param_groups(self) -> list[dict]:
+        """The optimiser's parameter groups: dicts whose `params` lists hold every trainable
+        parameter exactly once, each group optionally with `weight_decay`, `lars_exclude` (LARS
+        takes plain momentum steps), `lr_scale` (the group's lr is the schedule's times this) and
+        `fixed_lr` (True: the group keeps the recipe's peak lr, times lr_scale, through warmup and
+        decay: SimSiam's fix_pred_lr). By default the recipe's rule, `optim.exclude_bias_and_norm`."""
+        return default_param_groups(self, self.cfg.optim)
 
     def view_specs(self) -> list[ViewSpec] | None:
         """The views as (recipe, which) pairs when each is a plain augmented crop of the image

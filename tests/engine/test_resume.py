@@ -32,7 +32,8 @@ def artifact(workdir, method):
 
 
 @pytest.mark.parametrize("method,augment", [
-    ("byol", "loader"), ("byol", "device"),
+    # the loader path's kill -9 resume is orl_bench.testing.check_method's, run for every method
+    pytest.param("byol", "loader", marks=pytest.mark.slow), ("byol", "device"),
     pytest.param("mocov2", "loader", marks=pytest.mark.slow),
     # Stage 1, stage 2 and 24 steps of stage 3: minutes on a busy CPU.
     pytest.param("orl", "device", marks=[pytest.mark.slow, pytest.mark.timeout(1800)])])

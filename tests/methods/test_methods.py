@@ -1,56 +1,26 @@
-"""Every registered method is covered the moment it exists: build, two steps, export, reload."""
+"""Every registered method (installed plugins included; the SimSiam example in tests/plugins) is
+covered the moment it exists by orl_bench.testing's checks (train, export, strict reload, finite
+losses, kill -9 and resume to the same bytes), the very checks a plugin's own tests call; then
+BYOL's pieces.
+
+For a multi-stage method (ORL; UniVIP's proposals) the kill lands in its last stage and the
+earlier stages are the first run's, reused: killing ORL inside stages 1 and 2 costs minutes, so
+tests/test_kill_chain.py (slow) does that, at every fault point along the chain."""
 import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from orl_bench import pipeline
-from orl_bench.config import PretrainConfig, load_yaml_recipe, recipe_root
-from orl_bench.engine.checkpoint import load_backbone, read_manifest
-from orl_bench.engine.distributed import DistInfo
+from orl_bench.engine.checkpoint import read_manifest
 from orl_bench.methods import byol
 from orl_bench.methods.base import Progress, byol_loss, ema_update, momentum_at
 from orl_bench.registry import METHODS
-
-CPU = DistInfo(0, 1, 0, torch.device("cpu"))
-
-
-def tiny_config(method: str, **train) -> PretrainConfig:
-    """The tiny scale with the method's defaults, shrunk to tiny widths where it has them."""
-    data = load_yaml_recipe(recipe_root("pretrain") / "_scales" / "tiny.yaml")
-    data["train"].update({"epochs": 1, **train})
-    own = pipeline.recipe_folder(method) / "tiny.yaml"  # a plugin package's own recipes included
-    if own.exists():
-        data["method"] = load_yaml_recipe(own)["method"]
-    else:
-        data["method"] = {"name": method}
-    return pipeline.load_pretrain_config(method, str(_write(data)), [])
-
-
-def _write(data: dict):
-    import tempfile
-
-    import yaml
-    f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-    yaml.safe_dump(data, f)
-    f.close()
-    return f.name
+from orl_bench.testing import check_method, tiny_config, train_tiny
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_method_trains_exports_and_reloads_strictly(name, workdir):
-    cfg = tiny_config(name)
-    folder, _ = pipeline.ensure_pretrained(cfg, "tiny", workdir, CPU)
-    backbone, manifest = load_backbone(folder)
-    assert manifest["method"] == name and manifest["steps"] >= 2
-    assert manifest["amp"] == "off" and manifest["channels_last"] is True  # how it ran: CPU, float32, NHWC
-    saved = load_file(str(folder / "backbone.safetensors"))
-    assert set(saved) == set(backbone.state_dict())
-    assert not any(k.startswith(("fc.", "target", "online", "projector")) for k in saved)
-    losses = [row["loss"] for row in map(__import__("json").loads, (folder / "log.jsonl").read_text().splitlines())
-              if "loss" in row]
-    assert losses and all(math.isfinite(v) for v in losses)
+def test_method_passes_the_checks_every_method_passes(name, workdir):
+    check_method(name, workdir)
 
 
 def test_byol_loss_matches_its_formula():
@@ -78,9 +48,8 @@ def test_each_ema_update_uses_the_momentum_of_the_step_just_taken(workdir, monke
         real(target, online, momentum)
 
     monkeypatch.setattr(byol, "ema_update", recording)
-    cfg = tiny_config("byol")  # 4 steps
-    steps = read_manifest(pipeline.ensure_pretrained(cfg, "tiny", workdir, CPU)[0])["steps"]
-    base = cfg.method["base_momentum"]
+    steps = read_manifest(train_tiny("byol", workdir))["steps"]  # 4
+    base = tiny_config("byol").method["base_momentum"]
     assert len(used) == steps >= 3
     for k in (0, 1, steps - 1):
         assert used[k] == pytest.approx(1 - (1 - base) * (math.cos(math.pi * k / steps) + 1) / 2, rel=1e-12)

@@ -27,6 +27,7 @@ def _final_weights(home):
     return torch.load(next((home / "evals").rglob("model_final.pth")), weights_only=False)["model"]
 
 
+@pytest.mark.slow  # three CLI runs of detectron2's trainer, ~2 min on 2 idle cores: .ci/run runs it after the default run
 def test_detectron2_trains_on_cpu_and_resumes_after_kill_to_the_same_weights(tmp_path, tiny_data):
     """SIGKILL right after the first of two checkpoints (iteration 2 of 4), then the same command:
     the rerun continues from detectron2's checkpoint and ends with the uninterrupted run's weights

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from orl_bench.config import PretrainConfig
-from orl_bench.data.views import MultiView, ViewParams, two_views
+from orl_bench.data.views import ViewParams, ViewSpec, two_view_specs
 from orl_bench.methods.base import Method, Progress
 from orl_bench.models.heads import MLP
 
@@ -60,8 +60,10 @@ class SimSiam(Method):
             nn.Linear(p.proj_dim, p.proj_dim, bias=False), nn.BatchNorm1d(p.proj_dim, affine=False))
         self.predictor = MLP(p.proj_dim, p.pred_hidden_dim, p.proj_dim)
 
-    def view_transform(self) -> MultiView:
-        return two_views(self.params.views)
+    def view_specs(self) -> list[ViewSpec]:
+        """Two augmented crops of the image: made by the loader or, with `train.augment: device`,
+        batched on the training device."""
+        return two_view_specs(self.params.views)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], progress: Progress) -> dict[str, torch.Tensor]:
         z1, z2 = (self.projector(self.backbone(view)) for view in batch)
