@@ -61,3 +61,18 @@ def test_loss_is_the_negative_cosine_through_the_predictor_only(simsiam):
     assert p.grad is not None and z.grad is None  # the stop-gradient on the projection
     method = simsiam(pipeline.load_pretrain_config("simsiam", "tiny", []))
     assert not any(name.startswith("target") for name, _ in method.named_modules())  # no momentum encoder
+
+
+def test_the_predictor_keeps_the_peak_learning_rate_while_the_encoders_decays(simsiam):
+    from orl_bench.engine.optim import build_optimizer, set_lr
+    cfg = pipeline.load_pretrain_config("simsiam", "tiny", [])
+    method = simsiam(cfg)
+    optimizer = build_optimizer(method, cfg.optim, peak_lr=0.05)
+    set_lr(optimizer, 0.001)  # late in the cosine decay
+    encoder, predictor = optimizer.param_groups
+    assert encoder["lr"] == 0.001 and predictor["lr"] == 0.05
+    assert {id(q) for q in predictor["params"]} == {id(q) for q in method.predictor.parameters()}
+    unfixed = simsiam(pipeline.load_pretrain_config("simsiam", "tiny", ["method.fix_pred_lr=false"]))
+    optimizer = build_optimizer(unfixed, cfg.optim, peak_lr=0.05)
+    set_lr(optimizer, 0.001)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.001, 0.001]

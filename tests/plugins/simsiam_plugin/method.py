@@ -3,8 +3,8 @@
 One encoder (backbone -> projector) sees two views of an image; a predictor on each view's
 projection regresses the other view's projection, which is held fixed by a stop-gradient. The
 loss is the symmetrised negative cosine similarity. There is no momentum encoder and there are no
-negative pairs: the stop-gradient alone prevents collapse. (The paper's fixed predictor learning
-rate is not modelled: orl-bench's optimiser treats all parameters alike.)
+negative pairs: the stop-gradient alone prevents collapse. As in the official code, the predictor
+keeps the peak learning rate while the encoder's decays (`fix_lr`, a `param_groups` group).
 
 The package registers it through its entry point (`simsiam = simsiam_plugin.method:SimSiam` in
 the group `orl_bench.methods`) and ships its recipes beside this file (`recipes_dir`).
@@ -17,12 +17,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from orl_bench.config import PretrainConfig
 from orl_bench.data.views import ViewParams, ViewSpec, two_view_specs
 from orl_bench.methods.base import Method, Progress
-from orl_bench.models.heads import MLP
+from orl_bench.models.heads import MLP, MLPOptions
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,7 @@ class SimSiamParams:
     views: SimSiamViews = field(default_factory=SimSiamViews)
     proj_dim: int = 2048  # projector width, hidden and output
     pred_hidden_dim: int = 512  # the predictor's bottleneck
+    fix_pred_lr: bool = True  # the official default: the predictor's learning rate does not decay
 
 
 def negative_cosine(prediction: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
@@ -54,11 +54,16 @@ class SimSiam(Method):
         super().__init__(cfg, inputs)
         p: SimSiamParams = self.params
         self.backbone = self.build_backbone()
-        # Three layers, BN after each; the output BN has no affine parameters.
-        self.projector = nn.Sequential(
-            MLP(self.backbone.num_features, p.proj_dim, p.proj_dim), nn.BatchNorm1d(p.proj_dim), nn.ReLU(inplace=True),
-            nn.Linear(p.proj_dim, p.proj_dim, bias=False), nn.BatchNorm1d(p.proj_dim, affine=False))
-        self.predictor = MLP(p.proj_dim, p.pred_hidden_dim, p.proj_dim)
+        # Three layers, BN after each, no biases (each is followed by BN); the output BN has no affine
+        # parameters. The predictor's bottleneck has BN, its output a bias.
+        self.projector = MLP(self.backbone.num_features, (p.proj_dim, p.proj_dim), p.proj_dim,
+                             MLPOptions(hidden_bias=False, last_bn="no_affine"))
+        self.predictor = MLP(p.proj_dim, p.pred_hidden_dim, p.proj_dim, MLPOptions(hidden_bias=False, last_bias=True))
+
+    def param_groups(self) -> list[dict]:
+        predictor = list(self.predictor.parameters())
+        encoder = [q for name, q in self.named_parameters() if not name.startswith("predictor.")]
+        return [{"params": encoder}, {"params": predictor, "fixed_lr": self.params.fix_pred_lr}]
 
     def view_specs(self) -> list[ViewSpec]:
         """Two augmented crops of the image: made by the loader or, with `train.augment: device`,
