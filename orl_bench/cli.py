@@ -33,7 +33,6 @@ from orl_bench.io import atomic_write_text, warn_skipped
 from orl_bench.registry import METHODS, TASKS, RegistryError
 from orl_bench.results import diagnose, table_figures, tables
 from orl_bench.results.figures import correspondence_grid, learning_curves, low_shot_curves, result_bars
-from orl_bench.results.paper import load_reference
 from orl_bench.results.records import load_records, read_records, records_path
 from orl_bench.results.report import (at_a_glance, glance_markdown, run_glance, summarize, timings_line, to_csv,
                                       to_markdown)
@@ -106,10 +105,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     timings.update({"eval_s": round(time.perf_counter() - t_eval, 2), "eval_reused": reused,
                     "total_s": round(time.perf_counter() - t0, 2)})
     if args.full:
-        print(to_markdown(summarize(records, load_reference())))
+        print(to_markdown(summarize(records, pipeline.paper_reference())))
         print("timings: " + json.dumps(timings))
     else:
-        print(run_glance(records, load_records(workdir), load_reference()))
+        print(run_glance(records, load_records(workdir), pipeline.paper_reference()))
         print(timings_line(timings))
     print(f"records {'already stored' if reused else 'appended'} in {records_path(workdir)}")
     if args.records_out:
@@ -172,7 +171,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     if reused:
         print("(stored records for this backbone and task config; delete them from the record store to recompute)")
-    print(to_markdown(summarize(records, load_reference())))
+    print(to_markdown(summarize(records, pipeline.paper_reference())))
     return 0
 
 
@@ -185,7 +184,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         raise ConfigError(f"--data takes NAME=PATH pairs, got {args.data}")
     data = {name: value for name, _, value in pairs}
     pre_data, task_data = plan.data_overrides(data)
-    ref, t0 = load_reference(), time.perf_counter()
+    ref, t0 = pipeline.paper_reference(), time.perf_counter()
     numbers = list(tables.TABLES) if "all" in args.number else list(dict.fromkeys(args.number))
     plans_of = {n: [(t, plan.plan_rows(t, args.recipe, ref, pre_data)) for t in map(ref.table, tables.TABLES[n])]
                 for n in numbers}
@@ -291,11 +290,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not records:
             raise ConfigError(f"no records of task '{args.task}' in {', '.join(map(str, sources))}; "
                               f"they hold tasks: {', '.join(tasks)}")
-    rows = summarize(records, load_reference())
+    rows = summarize(records, pipeline.paper_reference())
     if args.full:
         text = to_csv(rows) if args.format == "csv" else to_markdown(rows)
     else:
-        glance = at_a_glance(records, load_reference())
+        glance = at_a_glance(records, pipeline.paper_reference())
         text = glance.to_csv(index=False) if args.format == "csv" else glance_markdown(glance)
     if args.out:
         atomic_write_text(Path(args.out), text)

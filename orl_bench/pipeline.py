@@ -33,6 +33,7 @@ from orl_bench.methods.base import Method, StageContext
 from orl_bench.models.backbones import build_backbone
 from orl_bench.provenance import device_name, git_revision, now_iso
 from orl_bench.registry import METHODS, TASKS
+from orl_bench.results.paper import PaperReference, load_reference
 from orl_bench.results.records import append_records, load_records
 from orl_bench.tasks.base import BackboneRef
 from orl_bench.tasks.knn import knn_monitor
@@ -232,6 +233,13 @@ def record_fields(cfg: PretrainConfig, folder: Path | None = None) -> dict[str, 
 def artifact_config(folder: Path) -> PretrainConfig:
     """The resolved config written beside an artifact."""
     return from_dict(PretrainConfig, load_yaml_recipe(Path(folder) / "config.yaml"))
+
+
+def paper_reference() -> PaperReference:
+    """The ORL paper's numbers, with those each registered plugin ships for its own rows
+    (`Method.paper_reference`): what the report and `run` print beside a result."""
+    plugins = {name: cls.paper_reference for name in METHODS.names() if (cls := METHODS.get(name)).paper_reference}
+    return load_reference(plugins=plugins)
 
 
 def artifact_ref(folder: Path) -> BackboneRef:

@@ -57,6 +57,9 @@ class Method(nn.Module):
     # A plugin from another package ships its recipes (<scale>.yaml) in this folder; in-tree
     # methods' recipes are pretrain/<name>/.
     recipes_dir: ClassVar[Path | None] = None
+    # A plugin's own paper's numbers for its rows, in the layout of orl-bench's paper reference
+    # (results/paper_reference.yaml): the report prints them beside its results.
+    paper_reference: ClassVar[Path | None] = None
     backbone: ResNet
 
     def __init__(self, cfg: PretrainConfig, inputs: Mapping[str, Path] | None = None):

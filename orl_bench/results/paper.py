@@ -86,10 +86,11 @@ class PaperTable:
         return iter(self.rows)
 
 
-def _data_matches(row_data: str | None, wanted: str | None) -> bool:
-    """Random init (no data) matches anything; supervised (imagenet) also "coco" and None."""
-    return row_data is None or row_data == wanted or (row_data == "imagenet"
-                                                      and wanted in ("coco", None))
+def _data_matches(row: Row, wanted: str | None) -> bool:
+    """Random init (no data) matches anything; supervised (imagenet) also "coco" and None (a
+    self-supervised row pretrained on ImageNet, a plugin's, only "imagenet")."""
+    return row.pretrain_data is None or row.pretrain_data == wanted or (
+        row.method == "supervised" and row.pretrain_data == "imagenet" and wanted in ("coco", None))
 
 
 class PaperReference:
@@ -134,7 +135,7 @@ class PaperReference:
         wanted = self._settings(method, variant)
         for t in [t for kind in kinds for t in self._tables.values() if t.kind == kind]:
             for row in t.rows:
-                if (row.method == method and _data_matches(row.pretrain_data, data)
+                if (row.method == method and _data_matches(row, data)
                         and self._settings(method, row.variant) == wanted):
                     for c in t.columns:
                         if c.key in row.values and (c.task, c.metric, c.k, c.layer) == cell:
@@ -215,10 +216,8 @@ def _read_default() -> tuple[str, str]:
                             f"{REPO_PATH}")
 
 
-def load_reference(path: Path | str | None = None) -> PaperReference:
-    """Load and validate the paper's tables: the packaged copy by default, else the repository's
-    results/. A malformed file raises PaperReferenceError naming the table and row."""
-    text, source = _read_default() if path is None else (Path(path).read_text("utf-8"), str(path))
+def _parse(text: str, source: str) -> tuple[dict[str, PaperTable], dict, dict]:
+    """(tables, defaults, names) of one reference file, validated."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -236,4 +235,21 @@ def load_reference(path: Path | str | None = None) -> PaperReference:
     if data.get("reference_checks") is not None:
         tables["reference_checks"] = _parse_table("reference_checks", data["reference_checks"],
                                                   source, ("reference_check",), names)
+    return tables, defaults, names
+
+
+def load_reference(path: Path | str | None = None, plugins: dict[str, Path] | None = None) -> PaperReference:
+    """Load and validate the paper's tables: the packaged copy by default, else the repository's
+    results/. `plugins` (method -> file, `Method.paper_reference`) adds each plugin's own paper's
+    numbers, in the same layout: its tables are searched after the ORL paper's (whose cells they
+    never replace), its names and defaults fill in methods the paper lacks. A malformed file raises
+    PaperReferenceError naming the file, table and row."""
+    text, source = _read_default() if path is None else (Path(path).read_text("utf-8"), str(path))
+    tables, defaults, names = _parse(text, source)
+    for method, plugin_path in (plugins or {}).items():
+        plugin_tables, plugin_defaults, plugin_names = _parse(Path(plugin_path).read_text("utf-8"), str(plugin_path))
+        tables.update({f"{method}:{name}": table for name, table in plugin_tables.items()})
+        defaults = {**plugin_defaults, **defaults}
+        names = {block: {**plugin_names.get(block, {}), **names.get(block, {})}
+                 for block in {*names, *plugin_names}}
     return PaperReference(tables, defaults, source, names)

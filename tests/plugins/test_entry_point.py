@@ -10,6 +10,7 @@ from orl_bench import pipeline
 from orl_bench.config import ConfigError
 from orl_bench.engine.checkpoint import read_manifest
 from orl_bench.registry import METHODS
+from orl_bench.results.paper import load_reference
 from orl_bench.testing import check_method, train_tiny
 from tests.conftest import run_main
 
@@ -76,3 +77,11 @@ def test_the_predictor_keeps_the_peak_learning_rate_while_the_encoders_decays(si
     optimizer = build_optimizer(unfixed, cfg.optim, peak_lr=0.05)
     set_lr(optimizer, 0.001)
     assert [group["lr"] for group in optimizer.param_groups] == [0.001, 0.001]
+
+
+def test_the_plugin_ships_its_own_papers_numbers_for_its_rows(simsiam):
+    ref, orl_paper = pipeline.paper_reference(), load_reference()
+    assert ref.lookup("linear_imagenet", "top1", "simsiam", pretrain_data="imagenet") == 71.3
+    assert ref.lookup("linear_imagenet", "top1", "simsiam", pretrain_data="coco") is None  # SimSiam's paper has none
+    assert ref.names["methods"]["simsiam"] == "SimSiam"
+    assert ref.lookup("voc07_svm", "mAP", "orl") == orl_paper.lookup("voc07_svm", "mAP", "orl") is not None

@@ -356,3 +356,28 @@ def test_wheel_contains_the_yaml(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "orl_bench/recipes/reference/paper_reference.yaml" in names
+
+
+PLUGIN_TABLE = """
+names: {methods: {newmethod: New method, byol: Not BYOL}}
+tables:
+  t:
+    title: a plugin's paper
+    kind: main
+    columns: {voc07: {task: voc07_svm, metric: mAP}}
+    rows:
+      - {method: newmethod, pretrain_data: coco, values: {voc07: 12.5}}
+      - {method: byol, pretrain_data: coco, values: {voc07: 1.0}}
+"""
+
+
+def test_a_plugins_numbers_join_the_papers_without_replacing_any(ref, tmp_path):
+    plugin_file = tmp_path / "numbers.yaml"
+    plugin_file.write_text(PLUGIN_TABLE)
+    merged = load_reference(plugins={"newmethod": plugin_file})
+    assert merged.lookup("voc07_svm", "mAP", "newmethod") == 12.5 and ref.lookup("voc07_svm", "mAP", "newmethod") is None
+    assert merged.lookup("voc07_svm", "mAP", "byol") == ref.lookup("voc07_svm", "mAP", "byol") != 1.0
+    assert merged.names["methods"]["newmethod"] == "New method" and merged.names["methods"]["byol"] == "BYOL"
+    plugin_file.write_text(PLUGIN_TABLE.replace("12.5", "'twelve'"))
+    with pytest.raises(PaperReferenceError, match=rf"{plugin_file}: table 't': row 1 \(newmethod\): value for 'voc07'"):
+        load_reference(plugins={"newmethod": plugin_file})

@@ -49,6 +49,7 @@ def negative_cosine(prediction: torch.Tensor, projection: torch.Tensor) -> torch
 class SimSiam(Method):
     Params = SimSiamParams
     recipes_dir = Path(__file__).resolve().parent / "recipes"
+    paper_reference = Path(__file__).resolve().parent / "paper_reference.yaml"
 
     def __init__(self, cfg: PretrainConfig, inputs: Mapping[str, Path] | None = None):
         super().__init__(cfg, inputs)
