@@ -204,7 +204,7 @@ def cmd_table(args: argparse.Namespace) -> int:
                 print(f"would submit: {step.key}" + (f" (after {'; '.join(step.after)})" if step.after else ""))
             return 0
         # the tables are written by a last job, after every step's, from the records they made
-        return slurm.submit_steps(args, workdir, steps, [*slurm.job_argv(args.argv), "--no-build"])
+        return slurm.submit_steps(args, workdir, steps, [*args.job_command, "--no-build"])
     built = plan.build(runs, workdir, task_data, info, load_records(workdir), args.dry_run, print)
     if args.dry_run or not info.is_main:
         return 0
@@ -577,11 +577,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.argv = argv
-        # checked here, run in the job; `table` submits a graph of its own steps
-        if getattr(args, "launcher", "local") == "slurm" and not getattr(args, "plans_its_jobs", False):
-            args.check(args)
-            return slurm.submit(args, argv, parser.parse_args, workdir_of(args))
+        if getattr(args, "launcher", "local") == "slurm":
+            args.job_command = slurm.job_command(argv, parser.parse_args)
+            # checked here, run in the job; `table` submits a graph of its own steps
+            if not getattr(args, "plans_its_jobs", False):
+                args.check(args)
+                return slurm.submit(args, args.job_command, workdir_of(args))
         return args.fn(args)
     except USER_ERRORS as e:
         print(f"orl-bench: error: {e}", file=sys.stderr)

@@ -179,16 +179,21 @@ def run_in_allocation(argv: list[str]) -> None:
         raise SystemExit(code)  # the task's exit status, so Slurm's state says the job failed
 
 
-def submit(args: argparse.Namespace, argv: list[str], parse: Callable[[list[str]], argparse.Namespace],
-           workdir: Path) -> int:
-    """Submit `orl-bench ARGV` (less the launcher options) as a Slurm job; print its id and logs."""
+def job_command(argv: list[str], parse: Callable[[list[str]], argparse.Namespace]) -> list[str]:
+    """The command a job runs: `argv` less the launcher options, refused where one of them was given
+    abbreviated (argparse takes `--part`; the job must not see it, nor submit itself again)."""
     command = job_argv(argv)
     rest = parse(command)
     given = [option for dest, option in LAUNCHER_OPTIONS.items()
              if getattr(rest, dest) not in (None, "local", False, [])]
-    if given:  # argparse also takes abbreviations (--part); the job must not see them, nor resubmit
+    if given:
         raise ConfigError(f"spell the launcher options in full with --launcher slurm: {', '.join(given)} given "
                           "abbreviated")
+    return command
+
+
+def submit(args: argparse.Namespace, command: list[str], workdir: Path) -> int:
+    """Submit `orl-bench COMMAND` (`job_command`) as a Slurm job; print its id and logs."""
     resources, extra = resolve(args)
     check_cluster(resources)
     job = _submit_one(workdir, command, resources, extra, f"orl-bench {shlex.join(command)}", [])

@@ -15,10 +15,13 @@ def test_job_reruns_the_command_less_the_launcher_options():
     assert job_argv(argv) == ["pretrain", "--method", "byol", "--set", "train.epochs=1"]
 
 
-def test_abbreviated_launcher_option_is_refused(capsys):
-    # argparse takes --nod for --nodes; stripped by its full name only, it would reach the job
-    assert main(["pretrain", "--method", "byol", "--recipe", "tiny", "--launcher", "slurm", "--nod", "2"]) == 2
-    assert "spell the launcher options in full" in capsys.readouterr().err
+@pytest.mark.parametrize("command", [["pretrain", "--method", "byol"], ["table", "1"]])
+def test_abbreviated_launcher_option_is_refused(command, capsys):
+    # argparse takes --nod for --nodes; stripped by its full name only, it would reach the job (for
+    # `table`, its last job, which writes the tables)
+    assert main([*command, "--recipe", "tiny", "--launcher", "slurm", "--nod", "2"]) == 2
+    assert "spell the launcher options in full with --launcher slurm: --nodes given abbreviated" in \
+        capsys.readouterr().err
 
 
 def test_command_line_wins_over_the_config_file(tmp_path):
