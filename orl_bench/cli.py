@@ -77,6 +77,7 @@ def check_run(args: argparse.Namespace) -> tuple[list[str], TaskConfig, Pretrain
     task_cfg = pipeline.load_task_config(args.task, args.task_recipe or pipeline.benchmark_recipe(args.recipe),
                                          task_over)
     cfg = None if args.checkpoint else pipeline.load_pretrain_config(args.method, args.recipe, pre_over)
+    pipeline.paper_reference()  # a plugin's paper numbers, printed at the end: a bad file is refused now
     preflight.check(workdir, [(cfg, pre_over)] if cfg else [], [task_cfg],
                     [("work directory", workdir)]
                     + ([("--records-out folder", Path(args.records_out).parent)] if args.records_out else []))

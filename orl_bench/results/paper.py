@@ -247,6 +247,9 @@ def load_reference(path: Path | str | None = None, plugins: dict[str, Path] | No
     text, source = _read_default() if path is None else (Path(path).read_text("utf-8"), str(path))
     tables, defaults, names = _parse(text, source)
     for method, plugin_path in (plugins or {}).items():
+        if not Path(plugin_path).is_file():
+            raise PaperReferenceError(f"method {method!r}'s paper_reference {plugin_path} is not a file; expected "
+                                      "a YAML of its paper's numbers shipped with its package (package data)")
         plugin_tables, plugin_defaults, plugin_names = _parse(Path(plugin_path).read_text("utf-8"), str(plugin_path))
         tables.update({f"{method}:{name}": table for name, table in plugin_tables.items()})
         defaults = {**plugin_defaults, **defaults}

@@ -85,3 +85,13 @@ def test_the_plugin_ships_its_own_papers_numbers_for_its_rows(simsiam):
     assert ref.lookup("linear_imagenet", "top1", "simsiam", pretrain_data="coco") is None  # SimSiam's paper has none
     assert ref.names["methods"]["simsiam"] == "SimSiam"
     assert ref.lookup("voc07_svm", "mAP", "orl") == orl_paper.lookup("voc07_svm", "mAP", "orl") is not None
+
+
+def test_a_missing_paper_numbers_file_is_refused_before_any_work(simsiam, monkeypatch, tmp_path, capsys):
+    from orl_bench.cli import main
+    monkeypatch.setattr(simsiam, "paper_reference", tmp_path / "absent.yaml")
+    workdir = tmp_path / "work"
+    assert main(["run", "--method", "simsiam", "--recipe", "tiny", "--task", "knn", "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "paper_reference" in err and "is not a file" in err and len(err.splitlines()) == 1
+    assert not (workdir / "artifacts").exists() and not (workdir / "results").exists()

@@ -381,3 +381,5 @@ def test_a_plugins_numbers_join_the_papers_without_replacing_any(ref, tmp_path):
     plugin_file.write_text(PLUGIN_TABLE.replace("12.5", "'twelve'"))
     with pytest.raises(PaperReferenceError, match=rf"{plugin_file}: table 't': row 1 \(newmethod\): value for 'voc07'"):
         load_reference(plugins={"newmethod": plugin_file})
+    with pytest.raises(PaperReferenceError, match=r"method 'newmethod'.s paper_reference .* is not a file"):
+        load_reference(plugins={"newmethod": tmp_path / "absent.yaml"})
