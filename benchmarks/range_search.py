@@ -1,12 +1,16 @@
 """Measure the embedded benchmark's range under variants of the scene generator and recipes.
 
 For each variant (a set of `--set` overrides, applied to pretraining and to the benchmark alike)
-and each method, `orl-bench run --task voc07_svm` runs in its own process (several at a time),
-then one table shows chance, every method's mAP and the two range figures the embedded default
-is held to: supervised - random, and the share of it BYOL recovers.
+and each method, `orl-bench run --task TASK` (default voc07_svm) runs in its own process (several at
+a time), then one table shows chance, every method's score and the two range figures the embedded
+default is held to: supervised - random, and the share of it BYOL recovers. Variants whose overrides
+all start with `task.` change only the benchmark's data or recipe, so they share one workdir and its
+pretrained artifacts.
 
     python benchmarks/range_search.py --variants benchmarks/range_search.yaml \\
         --methods random supervised byol --parallel 4 --workdir /tmp/range --out results/embedded/range_search
+    python benchmarks/range_search.py --variants benchmarks/range_search_classify.yaml --task linear_imagenet \\
+        --layer best --methods random supervised byol mocov2 --workdir /tmp/range --out results/embedded/classify
 """
 from __future__ import annotations
 
@@ -30,6 +34,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--only", nargs="*", help="run just these variants (default: all in the file)")
     p.add_argument("--methods", nargs="+", default=["random", "supervised", "byol"])
     p.add_argument("--recipe", default="default")
+    p.add_argument("--task", default="voc07_svm", help="the benchmark each run records")
+    p.add_argument("--layer", default="res5",
+                   help="the layer tabulated; 'best' takes the layer each record marks best (the linear probes' "
+                        "protocol reports the best layer)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--parallel", type=int, default=1, help="runs at a time (each with its own workers)")
     p.add_argument("--set", dest="extra", action="append", default=[],
@@ -50,6 +58,12 @@ def overrides_of(variant: dict) -> list[str]:
     return out
 
 
+def variant_workdir(args: argparse.Namespace, name: str, variant: dict) -> Path:
+    """A variant's own workdir, or the one all benchmark-only variants share (same pretraining)."""
+    benchmark_only = all(k.startswith("task.") for k in variant.get("overrides") or {})
+    return Path(args.workdir) / ("benchmark_variants" if benchmark_only else name)
+
+
 def run_stem(args: argparse.Namespace, name: str, method: str, seed: int) -> Path:
     """Where one run's log and records go: under the workdir, per --out, so searches sharing a workdir
     keep theirs apart."""
@@ -59,7 +73,7 @@ def run_stem(args: argparse.Namespace, name: str, method: str, seed: int) -> Pat
 def run_one(args: argparse.Namespace, name: str, variant: dict, method: str, seed: int) -> float:
     stem = run_stem(args, name, method, seed)
     cmd = [sys.executable, "-m", "orl_bench.cli", "run", "--method", method, "--recipe", args.recipe,
-           "--task", "voc07_svm", "--seed", str(seed), "--workdir", str(Path(args.workdir) / name),
+           "--task", args.task, "--seed", str(seed), "--workdir", str(variant_workdir(args, name, variant)),
            "--records-out", f"{stem}.jsonl"]
     for o in overrides_of(variant) + args.extra:
         cmd += ["--set", o]
@@ -75,14 +89,14 @@ def run_one(args: argparse.Namespace, name: str, variant: dict, method: str, see
 
 
 def table(args: argparse.Namespace, records: dict[str, list[dict]]) -> str:
-    """One row per variant: each method's res5 mAP (mean over seeds) beside chance."""
+    """One row per variant: each method's score at --layer (mean over seeds) beside chance."""
     cols = ["chance", *args.methods]
     lines = ["| variant | " + " | ".join(cols) + " | sup - random | (byol - random) / (sup - random) |",
              "|" + "---|" * (len(cols) + 3)]
     for name, rows in records.items():
         values: dict[str, list[float]] = {}
         for r in rows:
-            if r.get("layer") in ("res5", None):
+            if r.get("layer") is None or (r.get("best") if args.layer == "best" else r.get("layer") == args.layer):
                 values.setdefault(r["method"], []).append(r["value"])
         m = {k: sum(values[k]) / len(values[k]) if values.get(k) else None for k in cols}
         span = m["supervised"] - m["random"] if m.get("supervised") and m.get("random") else None
@@ -118,10 +132,11 @@ def main() -> None:
             write_table()
 
     lock = threading.Lock()
-    for n in names:  # each variant's scenes once, on all cores, before its runs would race to make them
-        data = [x for o in overrides_of(variants[n]) if o.startswith("data.") for x in ("--set", o)]
+    scenes = {str(variant_workdir(args, n, variants[n])): [x for o in overrides_of(variants[n]) if o.startswith("data.")
+                                                           for x in ("--set", o)] for n in names}
+    for workdir, data in scenes.items():  # each workdir's scenes once, on all cores, before its runs race to make them
         subprocess.run([sys.executable, "-m", "orl_bench.cli", "data", "synth", "--recipe", args.recipe, *data,
-                        "--workdir", str(Path(args.workdir) / n)], check=True, stdout=subprocess.DEVNULL)
+                        "--workdir", workdir], check=True, stdout=subprocess.DEVNULL)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(args.parallel) as pool:
         list(pool.map(run_and_tabulate, jobs))

@@ -35,14 +35,16 @@ import hashlib
 import json
 import multiprocessing
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from orl_bench.config import added_later, to_dict
 from orl_bench.data.synth import _JPEG_QUALITY, SynthSpec, build_once, image_rng
-from orl_bench.data.synth_scene import ObjectPlan, ScenePlan, category_names, category_table, render_scene
+from orl_bench.data.synth_scene import (TEXTURES, ObjectPlan, ScenePlan, SceneStyle, category_names, category_table,
+                                        render_scene)
 
 CLASSIFY_VERSION = 1  # bump when the output changes for unchanged specs: new cache key
 SPLITS = ("train", "val")
@@ -64,15 +66,88 @@ class EmbeddedClassSpec:
     train_per_class: int = 100  # inat18: the head class; the tail decays toward min_train_per_class
     val_per_class: int = 25
     min_train_per_class: int = 5  # inat18 only
+    # How the planned objects look. The scenes give every instance of a category its category's grey
+    # levels and texture period, which an untrained network reads off its first layer; here they can
+    # be drawn per instance, so that the class is carried by shape. SceneStyle's meanings; None keeps
+    # the scenes' value.
+    grey_spread: float | None = added_later(None)
+    period_spread: float | None = added_later(None)
+    saturation: tuple[float, float] | None = added_later(None)
+    rotation: float | None = added_later(None)
+    object_texture: str = added_later("category")  # "any": each planned object's texture drawn from all textures
+    # per-image colour jitter as SSL views apply it: brightness, contrast and saturation factors in
+    # [1 - photometric, 1 + photometric], hue shifted up to photometric / 4 of a turn
+    photometric: float = added_later(0.0)
+    placement: str = added_later("centre")  # imagenet / inat18: "centre" (iconic) or "anywhere" (the labelled object anywhere, any size 0.4-0.8)
+    scene_backdrop: str = added_later("type")  # places205: "type" follows the scene type's rule; "any": drawn per image
+    # places205: "layout": a type is a layout, a category group and a background (_SCENE_TYPES);
+    # "objects": a type is the set of categories its scenes' objects come from (type t: the
+    # type_categories categories from 2t on, so neighbouring types share type_categories - 2), in
+    # scene sizes and places
+    scene_types: str = added_later("layout")
+    type_categories: int = added_later(4)
+    species_axis: str = added_later("variant")  # inat18: "variant": size / period / hue variants of a category;
+    # "texture": a category's shape in three textures (its own and two others); "hue": three hue bands
+    # of a category (the colour jitter then leaves hue alone: it is what tells the species apart)
+    species_per_category: int = added_later(3)  # inat18: 1-3
 
     def __post_init__(self) -> None:
         if not (self.val_per_class >= 1 and 1 <= self.min_train_per_class <= self.train_per_class):
             raise ValueError(f"need val_per_class >= 1 and 1 <= min_train_per_class <= train_per_class, got "
                              f"val_per_class={self.val_per_class}, min_train_per_class={self.min_train_per_class}, "
                              f"train_per_class={self.train_per_class}")
+        if not 0 <= self.photometric < 1:
+            raise ValueError(f"photometric must be in [0, 1), got {self.photometric}")
+        if not 1 <= self.species_per_category <= _VARIANTS:
+            raise ValueError(f"species_per_category must be in 1..{_VARIANTS}, got {self.species_per_category}")
+        if self.type_categories < 2:
+            raise ValueError(f"type_categories must be >= 2 (10 types, two categories apart), got {self.type_categories}")
+        for name, allowed in (("object_texture", ("category", "any")), ("scene_backdrop", ("type", "any")),
+                              ("placement", ("centre", "anywhere")), ("scene_types", ("layout", "objects")),
+                              ("species_axis", ("variant", "texture", "hue"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def style(self, spec: SynthSpec) -> SceneStyle:
+        """The scenes' style with this set's look."""
+        looks = {"grey_spread": self.grey_spread, "period_spread": self.period_spread,
+                 "saturation": self.saturation, "rotation": self.rotation}
+        return replace(spec.style(), **{k: v for k, v in looks.items() if v is not None})
+
+    def jitter_colours(self, rng, image: np.ndarray, keep_hue: bool = False) -> np.ndarray:
+        """The whole image's brightness, contrast, saturation, then hue (unless `keep_hue`), by factors
+        drawn per image."""
+        if not self.photometric:
+            return image
+        brightness, contrast, saturation = rng.uniform(1 - self.photometric, 1 + self.photometric, 3)
+        hue = 0.0 if keep_hue else rng.uniform(-self.photometric / 4, self.photometric / 4)
+        luma = np.array([0.299, 0.587, 0.114], np.float32)
+        x = image.astype(np.float32) * np.float32(brightness)
+        mean = float((x @ luma).mean())
+        x = (x - mean) * np.float32(contrast) + mean
+        grey = (x @ luma)[..., None]
+        x = np.clip(grey + (x - grey) * np.float32(saturation), 0, 255).astype(np.uint8)
+        hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + round(hue * 180)) % 180).astype(np.uint8)
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+    def placed(self, plan: ScenePlan) -> ScenePlan:
+        """For placement 'anywhere': the first (labelled) object anywhere in the frame, at any size in 0.4-0.8."""
+        if self.placement == "centre":
+            return plan
+        first = replace(plan.objects[0], size=(0.4, 0.8), region=((0.0, 1.0), (0.0, 1.0)))
+        return replace(plan, objects=(first, *plan.objects[1:]))
+
+    def textured(self, rng, plan: ScenePlan) -> ScenePlan:
+        """`plan` with each object whose texture it leaves open textured at random, for object_texture 'any'."""
+        if self.object_texture == "category":
+            return plan
+        return replace(plan, objects=tuple(o if o.texture else replace(o, texture=TEXTURES[int(rng.integers(len(TEXTURES)))])
+                                           for o in plan.objects))
 
     def digest(self) -> str:
-        payload = json.dumps({"generator": CLASSIFY_VERSION, **asdict(self)}, sort_keys=True)
+        """The options left at their added_later defaults stay out, so the first design keeps its key."""
+        payload = json.dumps({"generator": CLASSIFY_VERSION, **to_dict(self, for_hash=True)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -204,6 +279,9 @@ def _layout(rng, layout: str) -> list[tuple[tuple[float, float], tuple | None]]:
     raise ValueError(f"unknown layout {layout!r}")
 
 
+_BACKGROUNDS = ("plain", "bright", "dark", "lit_above")
+
+
 def _backdrop_shift(rng, background: str):
     a = rng.uniform(45, 75)
     return {"plain": None, "bright": ((a, a), (a, a)), "dark": ((-a, -a), (-a, -a)),
@@ -225,11 +303,19 @@ class _Places205(_Embedded):
         return f"{_PLACES_IMAGES}/{_SCENE_TYPES[label].name}/gsun_{_hex_name(self.name, split, index)}.jpg"
 
     def plan(self, rng, label: int) -> ScenePlan:
-        kind = _SCENE_TYPES[label]
-        group = _category_group(kind.group, self.spec.num_categories)
-        objects = tuple(ObjectPlan(int(rng.choice(group)), size, region)
-                        for size, region in _layout(rng, kind.layout))
-        return ScenePlan(objects, _backdrop_shift(rng, kind.background))
+        kind, n = _SCENE_TYPES[label], self.spec.num_categories
+        if self.embedded.scene_types == "objects":
+            count = int(rng.integers(self.spec.min_objects, self.spec.max_objects + 1))
+            k = self.embedded.type_categories
+            objects = tuple(ObjectPlan(int((2 * label + rng.integers(k)) % n), tuple(self.spec.object_size))
+                            for _ in range(count))
+        else:
+            group = _category_group(kind.group, n)
+            objects = tuple(ObjectPlan(int(rng.choice(group)), size, region)
+                            for size, region in _layout(rng, kind.layout))
+        background = kind.background if self.embedded.scene_backdrop == "type" else \
+            _BACKGROUNDS[int(rng.integers(len(_BACKGROUNDS)))]
+        return ScenePlan(objects, _backdrop_shift(rng, background))
 
     def write_index(self, root: Path, items: dict[str, list[_Item]]) -> None:
         folder = root / "trainvalsplit_places205"
@@ -239,7 +325,7 @@ class _Places205(_Embedded):
             (folder / f"{split}_places205.csv").write_text("".join(lines))
 
 
-_VARIANTS = 3
+_VARIANTS = 3  # at most: a category's species are its first species_per_category variants
 _AXES = ("size", "period", "hue")  # category k's species differ along _AXES[k % 3] ...
 _PERIODLESS = ("solid", "rays", "halves")  # ... or in hue, where the texture has no period
 _SIZE_BANDS = ((0.42, 0.52), (0.57, 0.67), (0.72, 0.82))
@@ -259,12 +345,13 @@ class _INat18(_Embedded):
     name = "inat18"
 
     def species(self) -> list[_Species]:
-        """Category-major: species id = 3 x category + variant."""
+        """Category-major: species id = species_per_category x category + variant."""
         out = []
         for k, (texture, _) in enumerate(category_table(self.spec.num_categories)):
             axis = _AXES[k % len(_AXES)]
             axis = "hue" if axis == "period" and texture in _PERIODLESS else axis
-            out += [_Species(k, v, axis) for v in range(_VARIANTS)]
+            axis = axis if self.embedded.species_axis == "variant" else self.embedded.species_axis
+            out += [_Species(k, v, axis) for v in range(self.embedded.species_per_category)]
         return out
 
     def class_names(self) -> list[str]:
@@ -287,7 +374,10 @@ class _INat18(_Embedded):
 
     def plan(self, rng, label: int) -> ScenePlan:
         s = self.species()[label]
-        if s.axis == "size":
+        if s.axis == "texture":  # its category's own texture, then 3 and 6 further along TEXTURES
+            own = TEXTURES.index(category_table(self.spec.num_categories)[s.category][0])
+            dominant = ObjectPlan(s.category, _DOMINANT_SIZE, _CENTRE, texture=TEXTURES[(own + 3 * s.variant) % len(TEXTURES)])
+        elif s.axis == "size":
             dominant = ObjectPlan(s.category, _SIZE_BANDS[s.variant], _CENTRE)
         elif s.axis == "period":
             dominant = ObjectPlan(s.category, _DOMINANT_SIZE, _CENTRE, period_scale=_PERIOD_SCALES[s.variant])
@@ -321,11 +411,16 @@ def _render_items(job: tuple[str, SynthSpec, EmbeddedClassSpec, str, list[_Item]
     """Render and write a chunk of one split (runs in worker processes)."""
     dataset, spec, embedded, split, items, root = job
     made = _SETS[dataset](spec, embedded)
+    style = embedded.style(spec)
     for it in items:
         rng = image_rng(spec, f"{dataset}/{split}", it.index)
         plan = made.plan(rng, it.label)  # the plan's draws come first in the image's stream
+        if dataset != "places205":
+            plan = embedded.placed(plan)
+        plan = embedded.textured(rng, plan)
         image, _ = render_scene(rng, spec.height, spec.width, spec.num_categories, spec.min_objects,
-                                spec.max_objects, spec.style(), plan)
+                                spec.max_objects, style, plan)
+        image = embedded.jitter_colours(rng, image, keep_hue=dataset == "inat18" and embedded.species_axis == "hue")
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
         if not ok:

@@ -114,11 +114,13 @@ class ObjectPlan:
     hue: tuple[float, float] = _ANY_HUE  # hue band in turns; may pass 1 (it wraps), e.g. (0.9, 1.1)
     saturation: tuple[float, float] | None = None  # None: the style's
     period_scale: float = 1.0  # texture period x this
+    texture: str | None = None  # None: its category's
 
     def __post_init__(self) -> None:
-        if not 0 < self.size[0] <= self.size[1] <= 1 or self.period_scale <= 0:
-            raise ValueError(f"ObjectPlan needs 0 < size lo <= hi <= 1 and period_scale > 0, "
-                             f"got {self.size}, {self.period_scale}")
+        if not 0 < self.size[0] <= self.size[1] <= 1 or self.period_scale <= 0 or \
+                self.texture not in (None, *TEXTURES):
+            raise ValueError(f"ObjectPlan needs 0 < size lo <= hi <= 1, period_scale > 0 and texture None or one "
+                             f"of {TEXTURES}, got {self.size}, {self.period_scale}, {self.texture!r}")
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,7 @@ def _sample_objects(rng, hw, num_categories, min_objects, max_objects,
         if not 0 <= category < num_categories:
             raise ValueError(f"planned category {category} is outside 0..{num_categories - 1}")
         texture, shape = table[category]
+        texture = texture if op is None or op.texture is None else op.texture
         size = object_size if op is None else op.size
         for _ in range(_PLACEMENT_TRIES):
             radius = short * _u(rng, *size) / 2

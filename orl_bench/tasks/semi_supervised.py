@@ -4,22 +4,28 @@
 Global pool -> Linear, SGD momentum 0.9, 20 epochs with lr x 0.2 at 12 and 16, the head's lr a
 multiple of the backbone's. Defaults: the paper's lrs (backbone 0.01, head 1) with the official
 configs' weight decay (5e-4 at 1%, 1e-4 at 10%; the paper says 0 at 1%). `grid: true` runs the
-official search instead (backbone lr 0.001 / 0.01 / 0.1 x head multiplier 1 / 10 / 100), records
-every point and marks the best on val, as the official scripts choose. Each fine-tuning run
-checkpoints every epoch and resumes where it stopped.
+official search instead (backbone lr 0.001 / 0.01 / 0.1 x head multiplier 1 / 10 / 100). With
+`select_on: val` it records every point and marks the best on val, as the official scripts choose
+(an optimistic score: val picks the point it then reports). With `select_on: held_out` every point
+is trained on the labelled subset less a seeded `held_out_fraction` of each class and scored on that
+held-out part; the chosen point is retrained on the whole subset, and only that run is tested on val.
+Each fine-tuning run checkpoints every epoch and resumes where it stopped.
 """
 from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from orl_bench.config import check_fields
+from orl_bench.config import added_later, check_fields
+from orl_bench.data.classification import ClassificationSplit
 from orl_bench.engine import rehearsal
 from orl_bench.registry import TASKS
 from orl_bench.tasks.base import BackboneRef
@@ -38,12 +44,16 @@ class SemiParams(ClassificationParams):
     backbone_lr: float = 0.01  # the paper's
     head_lr_multiplier: float = 100.0  # head lr = backbone lr x this (the paper's head lr 1)
     weight_decay: float = 5e-4  # official config at 1% (the paper: 0)
-    grid: bool = False  # the official 3 x 3 lr search, best on val
+    grid: bool = False  # the official 3 x 3 lr search
+    select_on: str = added_later("val")  # the grid's choice: "val" (the official scripts) or "held_out" (see the module doc)
+    held_out_fraction: float = added_later(0.2)  # select_on held_out: the share of each class's labelled images held out
 
     def __post_init__(self) -> None:
         check_fields(self, "params", ("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
                      ("backbone_lr", self.backbone_lr > 0, "> 0"),
-                     ("head_lr_multiplier", self.head_lr_multiplier > 0, "> 0"))
+                     ("head_lr_multiplier", self.head_lr_multiplier > 0, "> 0"),
+                     ("select_on", self.select_on in ("val", "held_out"), "'val' or 'held_out'"),
+                     ("held_out_fraction", 0 < self.held_out_fraction < 1, "in (0, 1)"))
         self.schedule()  # its milestones must lie within the epochs: refused now, not after pretraining
 
     def schedule(self) -> Schedule:
@@ -71,7 +81,8 @@ class SemiSupervised(ClassificationTask):
     DATASET = "imagenet"
     Params = SemiParams
 
-    def fine_tune(self, ref: BackboneRef, train, val, backbone_lr: float, multiplier: float) -> dict[str, Any]:
+    def fine_tune(self, ref: BackboneRef, train, val, backbone_lr: float, multiplier: float,
+                  selection: str = "") -> dict[str, Any]:
         p: SemiParams = self.params
         f, schedule = self.cfg.features, p.schedule()
         torch.manual_seed(p.seed)
@@ -97,7 +108,7 @@ class SemiSupervised(ClassificationTask):
                     break
             return total / count
 
-        run = f"-lr{backbone_lr:g}-x{multiplier:g}" if p.grid else ""
+        run = f"-lr{backbone_lr:g}-x{multiplier:g}{selection}" if p.grid else ""
         losses = run_epochs(self.state_path(ref.sha256, run), {"model": model}, optimizer, scheduler,
                             schedule.epochs, p.seed, epoch)
         model.eval()
@@ -111,6 +122,15 @@ class SemiSupervised(ClassificationTask):
         return {"top1": 100 * correct[1] / seen, "top5": 100 * correct[5] / seen, "final_train_loss": losses[-1],
                 "backbone_lr": backbone_lr, "head_lr": backbone_lr * multiplier}
 
+    def check_data(self) -> None:
+        super().check_data()
+        if self.params.grid and self.params.select_on == "held_out":
+            fewest = min(np.bincount(self.split("train", self.SUBSET).targets))
+            if fewest < 2:
+                raise ValueError(f"task.params.select_on=held_out holds out part of each class's labelled images, but "
+                                 f"a class of the {self.SUBSET} subset has {fewest}; expected at least 2 "
+                                 f"(or select_on=val, or the fixed lrs with grid=false)")
+
     def evaluate(self, ref: BackboneRef) -> list[dict[str, Any]]:
         p: SemiParams = self.params
         train, val = self.split("train", self.SUBSET), self.split("val")
@@ -119,18 +139,47 @@ class SemiSupervised(ClassificationTask):
                              f"{len(val.classes)} classes)")
         points = list(itertools.product(OFFICIAL_BACKBONE_LRS, OFFICIAL_HEAD_MULTIPLIERS)) if p.grid \
             else [(p.backbone_lr, p.head_lr_multiplier)]
-        results = [self.fine_tune(ref, train, val, lr, multiplier) for lr, multiplier in points]
-        best = max(range(len(results)), key=lambda i: results[i]["top1"])
         dataset = val.key.rsplit("-", 1)[0]
         protocol = (f"semi-supervised: fine-tune all layers on the {self.SUBSET} subset, SGD {p.epochs} epochs, "
-                    f"lr x0.2 at {list(p.milestones)}, weight decay {p.weight_decay:g}; "
-                    + ("official grid, best on val" if p.grid else "fixed lrs"))
-        return [{"metric": "top1", "value": round(r["top1"], 4), "top5": round(r["top5"], 4), "layer": "res5_gap",
-                 "best": i == best, "subset": self.SUBSET, "dataset": dataset, "protocol": protocol,
-                 "backbone_lr": r["backbone_lr"], "head_lr": r["head_lr"], "weight_decay": p.weight_decay,
-                 "final_train_loss": round(r["final_train_loss"], 6),
-                 "images": {"train": len(train.paths), "val": len(val.paths)}}
+                    f"lr x0.2 at {list(p.milestones)}, weight decay {p.weight_decay:g}; ")
+        common = {"layer": "res5_gap", "subset": self.SUBSET, "dataset": dataset, "weight_decay": p.weight_decay}
+
+        def row(r: dict[str, Any], metric: str, best: bool, images: dict[str, int], how: str) -> dict[str, Any]:
+            return {**common, "metric": metric, "value": round(r["top1"], 4), "top5": round(r["top5"], 4), "best": best,
+                    "protocol": protocol + how, "backbone_lr": r["backbone_lr"], "head_lr": r["head_lr"],
+                    "final_train_loss": round(r["final_train_loss"], 6), "images": images}
+
+        if p.grid and p.select_on == "held_out":
+            fit, held_out = held_out_split(train, p.held_out_fraction, p.seed)
+            scores = [self.fine_tune(ref, fit, held_out, lr, multiplier, "-held_out") for lr, multiplier in points]
+            best = max(range(len(scores)), key=lambda i: scores[i]["top1"])
+            final = self.fine_tune(ref, train, val, *points[best])
+            how = f"official grid, chosen on a held-out {p.held_out_fraction:g} of the subset, retrained on all of it"
+            sizes = {"train": len(fit.paths), "held_out": len(held_out.paths)}
+            return ([row(r, "held_out_top1", i == best, sizes, how) for i, r in enumerate(scores)]
+                    + [row(final, "top1", True, {"train": len(train.paths), "val": len(val.paths)}, how),
+                       chance_record(val, dataset)])
+        results = [self.fine_tune(ref, train, val, lr, multiplier) for lr, multiplier in points]
+        best = max(range(len(results)), key=lambda i: results[i]["top1"])
+        how = "official grid, best on val" if p.grid else "fixed lrs"
+        return [row(r, "top1", i == best, {"train": len(train.paths), "val": len(val.paths)}, how)
                 for i, r in enumerate(results)] + [chance_record(val, dataset)]
+
+
+def held_out_split(split: ClassificationSplit, fraction: float, seed: int) -> tuple[ClassificationSplit, ClassificationSplit]:
+    """(the rest, the held-out part): max(1, round(fraction x n)) of each class's n images (n >= 2), drawn
+    by a generator seeded with `seed`, each part in the split's order."""
+    rng = np.random.default_rng([seed, zlib.crc32(b"semi/held_out")])
+    held = np.zeros(len(split.paths), bool)
+    for k in range(len(split.classes)):
+        members = np.flatnonzero(split.targets == k)
+        held[rng.choice(members, min(len(members) - 1, max(1, round(fraction * len(members)))), replace=False)] = True
+
+    def part(mask: np.ndarray, name: str) -> ClassificationSplit:
+        return replace(split, paths=[q for q, m in zip(split.paths, mask) if m], targets=split.targets[mask],
+                       key=f"{split.key}-{name}{fraction:g}-seed{seed}")
+
+    return part(~held, "fit"), part(held, "held_out")
 
 
 @TASKS.register("semi_imagenet_1pct")

@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,7 +19,8 @@ from orl_bench.data.classification import (CLASSIFICATION_DATASETS, IMAGENET_SUB
 from orl_bench.data.images import DatasetLayoutError
 from orl_bench.data.synth import SynthSpec
 from orl_bench.data.synth_classify import ensure_embedded
-from orl_bench.data.synth_scene import ObjectPlan, ScenePlan, category_names, category_table, render_scene
+from orl_bench.data.synth_scene import (TEXTURES, ObjectPlan, ScenePlan, category_names, category_table,
+                                        render_scene)
 
 
 def _image(path: Path) -> Path:
@@ -238,6 +240,70 @@ def test_embedded_spec_digest_and_validation():
         EmbeddedClassSpec(train_per_class=3)
     with pytest.raises(ValueError, match="val_per_class >= 1"):
         EmbeddedClassSpec(val_per_class=0)
+
+
+def test_embedded_look_options_are_checked_and_applied():
+    for key in ("object_texture", "scene_backdrop", "species_axis"):
+        with pytest.raises(ValueError, match=f"{key} must be one of"):
+            EmbeddedClassSpec(**{key: "plaid"})
+    spec = SynthSpec()
+    varied = EmbeddedClassSpec(grey_spread=1, period_spread=0.5, saturation=(0.1, 0.6), rotation=1)
+    style = varied.style(spec)
+    assert (style.grey_spread, style.period_spread, style.saturation, style.rotation) == (1, 0.5, (0.1, 0.6), 1)
+    assert style.object_size == spec.style().object_size  # the rest is the scenes'
+    assert EmbeddedClassSpec(grey_spread=None, period_spread=None, saturation=None, rotation=None).style(spec) \
+        == spec.style()
+    plan = ScenePlan((ObjectPlan(0, (0.5, 0.6), texture="dotted"), ObjectPlan(1, (0.1, 0.2))))
+    assert EmbeddedClassSpec(object_texture="category").textured(np.random.default_rng(0), plan) == plan
+    drawn = {EmbeddedClassSpec(object_texture="any").textured(np.random.default_rng(i), plan).objects[1].texture
+             for i in range(100)}
+    assert drawn == set(TEXTURES)  # an open texture is drawn from all ten; a dictated one stays
+    _, objects = render_scene(np.random.default_rng(0), 64, 64, 6, 1, 1, plan=plan)
+    assert [o.texture for o in objects] == ["dotted", category_table(6)[1][0]]
+    with pytest.raises(ValueError, match="texture None or one of"):
+        ObjectPlan(0, (0.5, 0.6), texture="plaid")
+    assert EmbeddedClassSpec().placed(plan) == plan
+    anywhere = EmbeddedClassSpec(placement="anywhere").placed(plan)
+    assert anywhere.objects[0].size == (0.4, 0.8) and anywhere.objects[0].region == ((0.0, 1.0), (0.0, 1.0))
+    assert anywhere.objects[1:] == plan.objects[1:]
+
+
+def test_photometric_jitter_varies_each_image_as_colour_jitter_does():
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[:4], image[4:] = (200, 60, 60), (60, 60, 200)  # a red and a blue half
+    assert EmbeddedClassSpec().jitter_colours(np.random.default_rng(0), image) is image
+    spec = EmbeddedClassSpec(photometric=0.6)
+    out = [spec.jitter_colours(np.random.default_rng(i), image) for i in range(10)]
+    assert len({o.astype(int).sum() for o in out}) == 10  # brightness and contrast differ per draw
+    hues = [cv2.cvtColor(spec.jitter_colours(np.random.default_rng(i), image, keep_hue=True), cv2.COLOR_RGB2HSV)[..., 0]
+            for i in range(10)]
+    reference = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)[..., 0].astype(int)
+    assert all(np.abs(h.astype(int) - reference).max() <= 2 for h in hues)  # hue kept up to rounding
+    shifted = cv2.cvtColor(spec.jitter_colours(np.random.default_rng(0), image), cv2.COLOR_RGB2HSV)[..., 0]
+    assert np.abs(shifted.astype(int) - reference).max() > 2
+    with pytest.raises(ValueError, match=r"photometric must be in \[0, 1\)"):
+        EmbeddedClassSpec(photometric=1.0)
+
+
+def test_places_types_by_objects_and_inat_species_by_texture_or_hue(tmp_path):
+    objects = EmbeddedClassSpec(train_per_class=2, val_per_class=1, min_train_per_class=1, scene_types="objects",
+                                scene_backdrop="any", photometric=0.5)
+    places = synth_classify._Places205(SPEC, objects)
+    for label in range(10):
+        plan = places.plan(np.random.default_rng(label), label)
+        assert SPEC.min_objects <= len(plan.objects) <= SPEC.max_objects
+        assert {o.category for o in plan.objects} <= {(2 * label + j) % SPEC.num_categories for j in range(4)}
+    for axis in ("texture", "hue"):
+        spec = EmbeddedClassSpec(train_per_class=2, val_per_class=1, min_train_per_class=1, species_axis=axis)
+        inat = synth_classify._INat18(SPEC, spec)
+        assert [s.axis for s in inat.species()] == [axis] * 18
+        assert inat.class_names()[:3] == [f"{category_names(6)[0]}_{axis}{v}" for v in range(3)]
+    textures = [synth_classify._INat18(SPEC, EmbeddedClassSpec(species_axis="texture")).plan(np.random.default_rng(0), v)
+                .objects[0].texture for v in range(3)]
+    own = TEXTURES.index(category_table(6)[0][0])
+    assert textures == [TEXTURES[(own + 3 * v) % 10] for v in range(3)]
+    root = ensure_embedded("places205", SPEC, objects, tmp_path)  # renders end to end in the real layout
+    assert len(list((root / "images256").rglob("*.jpg"))) == 30
 
 
 def test_scene_plan_dictates_objects_and_background():

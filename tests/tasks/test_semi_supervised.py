@@ -31,3 +31,24 @@ def test_the_official_grid_records_every_point_and_the_best(capsys, workdir):
         (lr, m) for lr in (0.001, 0.01, 0.1) for m in (1.0, 10.0, 100.0))
     best = [r for r in rows if r["best"]]
     assert len(best) == 1 and best[0]["value"] == max(r["value"] for r in rows)
+
+
+def test_the_grid_chosen_on_a_held_out_part_is_retrained_on_the_subset_and_tested_once(capsys, workdir):
+    run_main(capsys, *RUN[:-4], "--set", "task.params.epochs=1", "--set", "task.params.milestones=[1]",
+             "--set", "task.params.grid=true", "--set", "task.params.select_on=held_out",
+             "--set", "task.params.embedded.train_per_class=20", "--workdir", str(workdir))
+    rows = [r for r in load_records(workdir) if r["method"] == "random" and "held-out" in r["protocol"]]
+    held, tested = [r for r in rows if r["metric"] == "held_out_top1"], [r for r in rows if r["metric"] == "top1"]
+    classes = tested[0]["images"]["val"] // 2
+    assert len(held) == 9 and all(r["images"] == {"train": classes, "held_out": classes} for r in held)
+    chosen = [r for r in held if r["best"]]
+    assert len(chosen) == 1 and chosen[0]["value"] == max(r["value"] for r in held)
+    assert len(tested) == 1 and tested[0]["best"] and tested[0]["images"] == {"train": 2 * classes, "val": 2 * classes}
+    assert (tested[0]["backbone_lr"], tested[0]["head_lr"]) == (chosen[0]["backbone_lr"], chosen[0]["head_lr"])
+
+
+def test_held_out_selection_needs_two_labelled_images_per_class(workdir):
+    result = run_cli(*RUN, "--set", "task.params.grid=true", "--set", "task.params.select_on=held_out",
+                     "--workdir", str(workdir))
+    assert result.returncode == 2 and "expected at least 2" in result.stderr, result.stderr[-2000:]
+    assert not list(workdir.rglob("state.pt")) and not (workdir / "artifacts").exists()
