@@ -176,6 +176,11 @@ def _iconic(rng, category: int, n: int, dominant: ObjectPlan | None = None) -> S
 class _Embedded:
     """One dataset's classes, per-class counts, file names, scene plans and index files."""
     name: str
+    iconic = True  # a plan's first object is the labelled one (placement moves it)
+
+    def keeps_hue(self) -> bool:
+        """Whether the colour jitter must leave hue alone (it tells the classes apart)."""
+        return False
 
     def __init__(self, spec: SynthSpec, embedded: EmbeddedClassSpec):
         self.spec, self.embedded = spec, embedded
@@ -295,6 +300,7 @@ def _category_group(g: int, n: int) -> list[int]:
 
 class _Places205(_Embedded):
     name = "places205"
+    iconic = False
 
     def class_names(self) -> list[str]:
         return [t.name for t in _SCENE_TYPES]
@@ -343,6 +349,9 @@ class _Species:
 
 class _INat18(_Embedded):
     name = "inat18"
+
+    def keeps_hue(self) -> bool:
+        return self.embedded.species_axis == "hue"
 
     def species(self) -> list[_Species]:
         """Category-major: species id = species_per_category x category + variant."""
@@ -415,12 +424,10 @@ def _render_items(job: tuple[str, SynthSpec, EmbeddedClassSpec, str, list[_Item]
     for it in items:
         rng = image_rng(spec, f"{dataset}/{split}", it.index)
         plan = made.plan(rng, it.label)  # the plan's draws come first in the image's stream
-        if dataset != "places205":
-            plan = embedded.placed(plan)
-        plan = embedded.textured(rng, plan)
+        plan = embedded.textured(rng, embedded.placed(plan) if made.iconic else plan)
         image, _ = render_scene(rng, spec.height, spec.width, spec.num_categories, spec.min_objects,
                                 spec.max_objects, style, plan)
-        image = embedded.jitter_colours(rng, image, keep_hue=dataset == "inat18" and embedded.species_axis == "hue")
+        image = embedded.jitter_colours(rng, image, keep_hue=made.keeps_hue())
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
         if not ok:
