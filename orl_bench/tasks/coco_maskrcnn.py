@@ -27,6 +27,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from orl_bench import progress
 from orl_bench.config import ConfigError, added_later, check_fields, config_hash, volatile
 from orl_bench.data.coco import CocoDataset
 from orl_bench.data.coco import check_layout as check_coco_layout
@@ -280,10 +281,12 @@ def evaluate_detector(model: nn.Module, data: InstanceImages, p: MaskRCNNParams,
     outputs = []
     loader = DataLoader(data, batch_size=p.test_batch_size, sampler=mine, collate_fn=_collate,
                         num_workers=p.num_workers, pin_memory=info.device.type == "cuda")
+    meter = progress.Meter("Mask R-CNN inference", len(mine), "images", enabled=info.is_main)  # minutes on a CPU
     for images, _ in loader:
         with autocast(info.device, amp_dtype):
             found = model([im.to(info.device, non_blocking=True) for im in images])
         outputs += [{k: v.float().cpu() for k, v in out.items()} for out in found]
+        meter.update(len(images))
     ids = [data.coco.images[i].id for i in mine]
     boxes, segms = coco_results(outputs, ids, category_of)
     if info.distributed:
