@@ -88,7 +88,8 @@ class EmbeddedClassSpec:
     type_categories: int = added_later(4)
     species_axis: str = added_later("variant")  # inat18: "variant": size / period / hue variants of a category;
     # "texture": a category's shape in three textures (its own and two others); "hue": three hue bands
-    # of a category (the colour jitter then leaves hue alone: it is what tells the species apart)
+    # of a category (the colour jitter then leaves hue alone: it is what tells the species apart);
+    # "marking": a category's shape with a small object of the next (1st, 2nd, 3rd) category on it
     species_per_category: int = added_later(3)  # inat18: 1-3
 
     def __post_init__(self) -> None:
@@ -104,7 +105,7 @@ class EmbeddedClassSpec:
             raise ValueError(f"type_categories must be >= 2 (10 types, two categories apart), got {self.type_categories}")
         for name, allowed in (("object_texture", ("category", "any")), ("scene_backdrop", ("type", "any")),
                               ("placement", ("centre", "anywhere")), ("scene_types", ("layout", "objects")),
-                              ("species_axis", ("variant", "texture", "hue"))):
+                              ("species_axis", ("variant", "texture", "hue", "marking"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -338,6 +339,9 @@ _SIZE_BANDS = ((0.42, 0.52), (0.57, 0.67), (0.72, 0.82))
 _PERIOD_SCALES = (0.6, 1.0, 1.6)
 _HUE_STEP, _HUE_HALF_WIDTH = 0.15, 0.04  # variants' hue bands: 0.15 turns apart, 0.08 wide
 _HUE_SATURATION = (0.3, 0.45)  # enough colour to see the hue, still far from a colour-coded class
+# marking species: a part's shape and place on the body tell them apart (as a bird's markings do)
+_MARKING_SIZE = (0.18, 0.24)
+_MARKING_PLACE = ((0.3, 0.36), (0.3, 0.36))  # on the dominant's upper left wherever its centre falls
 
 
 @dataclass(frozen=True)
@@ -383,6 +387,10 @@ class _INat18(_Embedded):
 
     def plan(self, rng, label: int) -> ScenePlan:
         s = self.species()[label]
+        if s.axis == "marking":  # a small object of the next categories on the dominant's upper left
+            marking = ObjectPlan((s.category + 1 + s.variant) % self.spec.num_categories, _MARKING_SIZE, _MARKING_PLACE)
+            plan = _iconic(rng, s.category, self.spec.num_categories)
+            return replace(plan, objects=(plan.objects[0], marking, *plan.objects[1:]))
         if s.axis == "texture":  # its category's own texture, then 3 and 6 further along TEXTURES
             own = TEXTURES.index(category_table(self.spec.num_categories)[s.category][0])
             dominant = ObjectPlan(s.category, _DOMINANT_SIZE, _CENTRE, texture=TEXTURES[(own + 3 * s.variant) % len(TEXTURES)])

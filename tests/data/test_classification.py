@@ -285,7 +285,7 @@ def test_photometric_jitter_varies_each_image_as_colour_jitter_does():
         EmbeddedClassSpec(photometric=1.0)
 
 
-def test_places_types_by_objects_and_inat_species_by_texture_or_hue(tmp_path):
+def test_places_types_by_objects_and_inat_species_by_texture_hue_or_marking(tmp_path):
     objects = EmbeddedClassSpec(train_per_class=2, val_per_class=1, min_train_per_class=1, scene_types="objects",
                                 scene_backdrop="any", photometric=0.5)
     places = synth_classify._Places205(SPEC, objects)
@@ -302,6 +302,11 @@ def test_places_types_by_objects_and_inat_species_by_texture_or_hue(tmp_path):
                 .objects[0].texture for v in range(3)]
     own = TEXTURES.index(category_table(6)[0][0])
     assert textures == [TEXTURES[(own + 3 * v) % 10] for v in range(3)]
+    marked = synth_classify._INat18(SPEC, EmbeddedClassSpec(species_axis="marking", species_per_category=2))
+    for label in range(12):  # category label // 2 with a small object of category label // 2 + 1 + label % 2 on it
+        body, marking = marked.plan(np.random.default_rng(label), label).objects[:2]
+        assert (body.category, marking.category) == (label // 2, (label // 2 + 1 + label % 2) % 6)
+        assert marking.size[1] < body.size[0] and marking.region[0][1] < body.region[0][0]
     root = ensure_embedded("places205", SPEC, objects, tmp_path)  # renders end to end in the real layout
     assert len(list((root / "images256").rglob("*.jpg"))) == 30
 
