@@ -106,6 +106,13 @@ def load_task_config(task: str, recipe: str, overrides: list[str]) -> TaskConfig
     return cfg
 
 
+def task_config_hash(cfg: TaskConfig) -> str:
+    """The key of a task's records: its config and, where the config leaves the data's design to
+    defaults, the data's identity (Task.data_identity)."""
+    identity = TASKS.get(cfg.name).data_identity(cfg)
+    return config_hash(cfg) if identity is None else config_hash({"task": cfg, "data": identity})
+
+
 def artifact_dir(workdir: Path, cfg: PretrainConfig, input_hashes: dict[str, str] | None = None) -> Path:
     """<workdir>/artifacts/<method>-<key>: the key is the config hash, combined with the sha256
     of each earlier-stage input when there are any (a rebuilt input gives a new artifact)."""
@@ -265,7 +272,7 @@ def evaluate(task_cfg: TaskConfig, ref: BackboneRef, workdir: Path, device: torc
     backbone's records plus the stored backbone-free ones of its datasets, reused). Under torchrun
     (`info`) every process runs a distributed task; only rank 0 writes the store.
     """
-    task_hash = config_hash(task_cfg)
+    task_hash = task_config_hash(task_cfg)
     stored = [r for r in load_records(workdir) if r["task"] == task_cfg.name]
     records = [r for r in stored if r["artifact_sha256"] == ref.sha256 and r.get("task_config_hash") == task_hash]
     reused = bool(records)

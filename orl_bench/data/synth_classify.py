@@ -13,17 +13,22 @@ of ImageNet, Places205 and iNaturalist 2018.
 
 so that the loaders in classification.py read them exactly as they read the real datasets.
 
+The default designs (issue 29; results/embedded/classify_search.md) carry the class in what
+representation learning should capture, not in low-level statistics an untrained network reads:
+
+- every set: each image's colours jittered as SSL views are (brightness, contrast, saturation +-60%,
+  hue +-0.15), so a category's grey levels no longer name it.
 - imagenet, iconic: one class per scene category; each image holds one large object of its class
   near the centre and, half the time, one small distractor of another category in front of it.
-- places205, scene types: a type is a rule over layout (a row, a column, a diagonal, a cluster in
-  a corner, spread out, one big object with small ones around), background (bright, dark, lit from
-  above, as drawn) and the group of categories its objects are drawn from. Groups overlap and
-  backgrounds repeat across types, so neither the objects alone nor the image's brightness alone
-  tells the type.
-- inat18, fine-grained and long-tailed: a species is a category in one of three variants that
-  differ in one subtle way per category (object size, texture period, or a hue band of otherwise
-  faintly coloured objects); iconic images like imagenet's; train counts decay as (rank + 1)^-0.8
-  over a seeded shuffle of the species, down to `min_train_per_class`.
+- places205, scene types by what they hold: type t's scenes draw their objects (scene sizes and
+  places, the background per image) from the 3 categories from 2t on, so neighbouring types share
+  one and no single object names a type (a kitchen is told from a bathroom by what co-occurs).
+  `scene_types: layout` gives the first design: a layout rule, a background and a category group.
+- inat18, fine-grained and long-tailed: a species is a category with a marking, a small object of
+  the next or the one after on its upper left (a part's shape at a fixed place); iconic images like
+  imagenet's; train counts decay as (rank + 1)^-0.8 over a seeded shuffle of the species, down to
+  `min_train_per_class`. `species_axis` offers the other designs measured (size, period, hue or
+  texture variants).
 
 Everything else (style, image size, seed, categories) is the SynthSpec's. Image `index` of a split
 draws from `image_rng(spec, "<dataset>/<split>", index)` alone, so the files are byte-identical
@@ -41,12 +46,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from orl_bench.config import added_later, to_dict
+from orl_bench.config import to_dict
 from orl_bench.data.synth import _JPEG_QUALITY, SynthSpec, build_once, image_rng
 from orl_bench.data.synth_scene import (TEXTURES, ObjectPlan, ScenePlan, SceneStyle, category_names, category_table,
                                         render_scene)
 
-CLASSIFY_VERSION = 1  # bump when the output changes for unchanged specs: new cache key
+CLASSIFY_VERSION = 2  # bump when the output changes for unchanged specs: new cache key (2: the designs of issue 29)
 SPLITS = ("train", "val")
 SUBSET_FRACTIONS = {"1percent": 0.01, "10percent": 0.1}  # SimCLR's ImageNet subsets
 TAIL_EXPONENT = 0.8
@@ -68,29 +73,31 @@ class EmbeddedClassSpec:
     min_train_per_class: int = 5  # inat18 only
     # How the planned objects look. The scenes give every instance of a category its category's grey
     # levels and texture period, which an untrained network reads off its first layer; here they can
-    # be drawn per instance, so that the class is carried by shape. SceneStyle's meanings; None keeps
-    # the scenes' value.
-    grey_spread: float | None = added_later(None)
-    period_spread: float | None = added_later(None)
-    saturation: tuple[float, float] | None = added_later(None)
-    rotation: float | None = added_later(None)
-    object_texture: str = added_later("category")  # "any": each planned object's texture drawn from all textures
-    # per-image colour jitter as SSL views apply it: brightness, contrast and saturation factors in
-    # [1 - photometric, 1 + photometric], hue shifted up to photometric / 4 of a turn
-    photometric: float = added_later(0.0)
-    placement: str = added_later("centre")  # imagenet / inat18: "centre" (iconic) or "anywhere" (the labelled object anywhere, any size 0.4-0.8)
-    scene_backdrop: str = added_later("type")  # places205: "type" follows the scene type's rule; "any": drawn per image
-    # places205: "layout": a type is a layout, a category group and a background (_SCENE_TYPES);
-    # "objects": a type is the set of categories its scenes' objects come from (type t: the
+    # be drawn per instance. SceneStyle's meanings; None keeps the scenes' value.
+    grey_spread: float | None = None
+    period_spread: float | None = None
+    saturation: tuple[float, float] | None = None
+    rotation: float | None = None
+    object_texture: str = "category"  # "any": each planned object's texture drawn from all textures
+    # Per-image colour jitter as SSL views apply it: brightness, contrast and saturation factors in
+    # [1 - photometric, 1 + photometric], hue shifted up to photometric / 4 of a turn. 0.6 by default:
+    # without it an untrained network reads the class off the objects' grey levels at conv1
+    # (results/embedded/classify_search.md).
+    photometric: float = 0.6
+    placement: str = "centre"  # imagenet / inat18: "centre" (iconic) or "anywhere" (the labelled object anywhere, any size 0.4-0.8)
+    scene_backdrop: str = "any"  # places205: "type" follows the scene type's rule; "any": drawn per image
+    # places205: "objects": a type is the set of categories its scenes' objects come from (type t: the
     # type_categories categories from 2t on, so neighbouring types share type_categories - 2), in
-    # scene sizes and places
-    scene_types: str = added_later("layout")
-    type_categories: int = added_later(4)
-    species_axis: str = added_later("variant")  # inat18: "variant": size / period / hue variants of a category;
-    # "texture": a category's shape in three textures (its own and two others); "hue": three hue bands
-    # of a category (the colour jitter then leaves hue alone: it is what tells the species apart);
-    # "marking": a category's shape with a small object of the next (1st, 2nd, 3rd) category on it
-    species_per_category: int = added_later(3)  # inat18: 1-3
+    # scene sizes and places; "layout": a type is a layout, a category group and a background
+    # (_SCENE_TYPES), every one of which an untrained network reads
+    scene_types: str = "objects"
+    type_categories: int = 3
+    # inat18: "marking": a category's shape with a small object of the next (1st, 2nd, 3rd) category
+    # on it; "variant": size / period / hue variants of a category; "texture": a category's shape in
+    # three textures (its own and two others); "hue": three hue bands of a category (the colour
+    # jitter then leaves hue alone: it is what tells the species apart)
+    species_axis: str = "marking"
+    species_per_category: int = 2  # inat18: 1-3
 
     def __post_init__(self) -> None:
         if not (self.val_per_class >= 1 and 1 <= self.min_train_per_class <= self.train_per_class):
@@ -146,9 +153,11 @@ class EmbeddedClassSpec:
         return replace(plan, objects=tuple(o if o.texture else replace(o, texture=TEXTURES[int(rng.integers(len(TEXTURES)))])
                                            for o in plan.objects))
 
-    def digest(self) -> str:
-        """The options left at their added_later defaults stay out, so the first design keeps its key."""
-        payload = json.dumps({"generator": CLASSIFY_VERSION, **to_dict(self, for_hash=True)}, sort_keys=True)
+    def digest(self, dataset: str) -> str:
+        """The key of `dataset` rendered with these options: only the options that shape it, so that
+        an iNat-only change leaves the ImageNet-style set (and its records) alone."""
+        shaping = {k: v for k, v in to_dict(self).items() if k in _SHAPES[dataset]}
+        payload = json.dumps({"generator": CLASSIFY_VERSION, **shaping}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -422,6 +431,11 @@ class _INat18(_Embedded):
 
 
 _SETS: dict[str, type[_Embedded]] = {c.name: c for c in (_ImageNet, _Places205, _INat18)}
+_LOOK = {"train_per_class", "val_per_class", "grey_spread", "period_spread", "saturation", "rotation", "object_texture",
+         "photometric"}
+_SHAPES = {"imagenet": _LOOK | {"placement"},
+           "places205": _LOOK | {"scene_backdrop", "scene_types", "type_categories"},
+           "inat18": _LOOK | {"placement", "min_train_per_class", "species_axis", "species_per_category"}}
 
 
 def _render_items(job: tuple[str, SynthSpec, EmbeddedClassSpec, str, list[_Item], Path]) -> None:
@@ -465,7 +479,7 @@ def _generate(dataset: str, spec: SynthSpec, embedded: EmbeddedClassSpec, root: 
         finally:
             cv2.setNumThreads(threads)
     made.write_index(root, items)
-    info = {"generator": CLASSIFY_VERSION, "dataset": dataset, "digest": embedded.digest(),
+    info = {"generator": CLASSIFY_VERSION, "dataset": dataset, "digest": embedded.digest(dataset),
             "synth_digest": spec.digest(), "synth": asdict(spec), "embedded": asdict(embedded),
             "classes": made.class_names(), "train_counts": made.counts("train")}
     (root / "spec.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -477,5 +491,5 @@ def ensure_embedded(dataset: str, spec: SynthSpec, embedded: EmbeddedClassSpec, 
     needed (synth.build_once); `workers > 1` spawns processes."""
     if dataset not in _SETS:
         raise ValueError(f"unknown embedded classification set {dataset!r}; expected one of {tuple(_SETS)}")
-    final = Path(cache_root) / f"synth-{spec.digest()}-{dataset}-{embedded.digest()}"
+    final = Path(cache_root) / f"synth-{spec.digest()}-{dataset}-{embedded.digest(dataset)}"
     return build_once(final, lambda tmp: _generate(dataset, spec, embedded, tmp, workers))

@@ -44,6 +44,13 @@ class Task:
         self.info = info or DistInfo(0, 1, 0, device)
         self.params = from_dict(self.Params, cfg.params, "params")
 
+    @classmethod
+    def data_identity(cls, cfg: TaskConfig) -> str | None:
+        """What names the data this task reads beyond `cfg`, where defaults the config does not spell
+        out shape it (an embedded set's design); None where `cfg` says it all. It is part of the task
+        hash (pipeline.task_config_hash), so records of data generated otherwise are not reused."""
+        return None
+
     def check_data(self) -> None:
         """Raise DatasetLayoutError where the real data this task reads is missing or not in its
         reader's layout. Cheap (no image is read, nothing is generated), so that a run checks it

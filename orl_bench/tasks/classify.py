@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from orl_bench.config import config_hash, volatile
+from orl_bench.config import TaskConfig, config_hash, from_dict, volatile
 from orl_bench.data.classification import (ClassificationSplit, EmbeddedClassSpec, check_classification_split,
                                            classification_split)
 from orl_bench.data.images import read_rgb
@@ -118,9 +118,23 @@ class ClassificationTask(Task):
     DATASET = ""
     SUBSET: str | None = None
 
+    @classmethod
+    def dataset_of(cls, params: ClassificationParams) -> str:
+        return cls.DATASET
+
+    @classmethod
+    def data_identity(cls, cfg: TaskConfig) -> str | None:
+        """The embedded set's name and design digest: its design lives in EmbeddedClassSpec's defaults,
+        which a recipe need not spell out."""
+        if cfg.data.source != "synth":
+            return None
+        params = from_dict(cls.Params, cfg.params, "params")
+        dataset = cls.dataset_of(params)
+        return f"{dataset}-{params.embedded.digest(dataset)}"
+
     @property
     def dataset(self) -> str:
-        return self.DATASET
+        return self.dataset_of(self.params)
 
     def split(self, split: str, subset: str | None = None) -> ClassificationSplit:
         return classification_split(self.cfg.data, self.params.embedded, self.workdir, self.dataset, split, subset)

@@ -65,9 +65,9 @@ class KNNParams(ClassificationParams):
 class KNN(ClassificationTask):
     Params = KNNParams
 
-    @property
-    def dataset(self) -> str:
-        return self.params.dataset
+    @classmethod
+    def dataset_of(cls, params: KNNParams) -> str:
+        return params.dataset
 
     def evaluate(self, ref: BackboneRef) -> list[dict[str, Any]]:
         p: KNNParams = self.params

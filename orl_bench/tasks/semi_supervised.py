@@ -9,6 +9,9 @@ official search instead (backbone lr 0.001 / 0.01 / 0.1 x head multiplier 1 / 10
 (an optimistic score: val picks the point it then reports). With `select_on: held_out` every point
 is trained on the labelled subset less a seeded `held_out_fraction` of each class and scored on that
 held-out part; the chosen point is retrained on the whole subset, and only that run is tested on val.
+The 1% subset of a small set has one image per class, nothing to hold out: `held_out_subset:
+10percent` makes the choice on the 10% subset's held-out part, then trains the chosen point on the
+1% images alone (the subsets differ, so the choice never sees the images it is tested on).
 Each fine-tuning run checkpoints every epoch and resumes where it stopped.
 """
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from orl_bench.config import added_later, check_fields
-from orl_bench.data.classification import ClassificationSplit
+from orl_bench.data.classification import IMAGENET_SUBSETS, ClassificationSplit
 from orl_bench.engine import rehearsal
 from orl_bench.registry import TASKS
 from orl_bench.tasks.base import BackboneRef
@@ -47,13 +50,16 @@ class SemiParams(ClassificationParams):
     grid: bool = False  # the official 3 x 3 lr search
     select_on: str = added_later("val")  # the grid's choice: "val" (the official scripts) or "held_out" (see the module doc)
     held_out_fraction: float = added_later(0.2)  # select_on held_out: the share of each class's labelled images held out
+    # select_on held_out: the subset whose held-out part chooses the point (None: the task's own)
+    held_out_subset: str | None = added_later(None)
 
     def __post_init__(self) -> None:
         check_fields(self, "params", ("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
                      ("backbone_lr", self.backbone_lr > 0, "> 0"),
                      ("head_lr_multiplier", self.head_lr_multiplier > 0, "> 0"),
                      ("select_on", self.select_on in ("val", "held_out"), "'val' or 'held_out'"),
-                     ("held_out_fraction", 0 < self.held_out_fraction < 1, "in (0, 1)"))
+                     ("held_out_fraction", 0 < self.held_out_fraction < 1, "in (0, 1)"),
+                     ("held_out_subset", self.held_out_subset in (None, *IMAGENET_SUBSETS), f"null or one of {IMAGENET_SUBSETS}"))
         self.schedule()  # its milestones must lie within the epochs: refused now, not after pretraining
 
     def schedule(self) -> Schedule:
@@ -122,14 +128,19 @@ class SemiSupervised(ClassificationTask):
         return {"top1": 100 * correct[1] / seen, "top5": 100 * correct[5] / seen, "final_train_loss": losses[-1],
                 "backbone_lr": backbone_lr, "head_lr": backbone_lr * multiplier}
 
+    @property
+    def selection_subset(self) -> str:
+        """The subset whose held-out part chooses the grid point (select_on held_out)."""
+        return self.params.held_out_subset or self.SUBSET
+
     def check_data(self) -> None:
         super().check_data()
         if self.params.grid and self.params.select_on == "held_out":
-            fewest = min(np.bincount(self.split("train", self.SUBSET).targets))
+            fewest = min(np.bincount(self.split("train", self.selection_subset).targets))
             if fewest < 2:
                 raise ValueError(f"task.params.select_on=held_out holds out part of each class's labelled images, but "
-                                 f"a class of the {self.SUBSET} subset has {fewest}; expected at least 2 "
-                                 f"(or select_on=val, or the fixed lrs with grid=false)")
+                                 f"a class of the {self.selection_subset} subset has {fewest}; expected at least 2 "
+                                 f"(or held_out_subset=10percent, select_on=val, or the fixed lrs with grid=false)")
 
     def evaluate(self, ref: BackboneRef) -> list[dict[str, Any]]:
         p: SemiParams = self.params
@@ -150,11 +161,16 @@ class SemiSupervised(ClassificationTask):
                     "final_train_loss": round(r["final_train_loss"], 6), "images": images}
 
         if p.grid and p.select_on == "held_out":
-            fit, held_out = held_out_split(train, p.held_out_fraction, p.seed)
-            scores = [self.fine_tune(ref, fit, held_out, lr, multiplier, "-held_out") for lr, multiplier in points]
+            chooser = train if self.selection_subset == self.SUBSET else self.split("train", self.selection_subset)
+            fit, held_out = held_out_split(chooser, p.held_out_fraction, p.seed)
+            scores = [self.fine_tune(ref, fit, held_out, lr, multiplier, f"-held_out-{self.selection_subset}")
+                      for lr, multiplier in points]
             best = max(range(len(scores)), key=lambda i: scores[i]["top1"])
             final = self.fine_tune(ref, train, val, *points[best])
-            how = f"official grid, chosen on a held-out {p.held_out_fraction:g} of the subset, retrained on all of it"
+            how = (f"official grid, chosen on a held-out {p.held_out_fraction:g} of the subset, retrained on all of it"
+                   if self.selection_subset == self.SUBSET else
+                   f"official grid, chosen on a held-out {p.held_out_fraction:g} of the {self.selection_subset} subset, "
+                   f"trained on the {self.SUBSET} subset")
             sizes = {"train": len(fit.paths), "held_out": len(held_out.paths)}
             return ([row(r, "held_out_top1", i == best, sizes, how) for i, r in enumerate(scores)]
                     + [row(final, "top1", True, {"train": len(train.paths), "val": len(val.paths)}, how),

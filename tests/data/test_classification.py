@@ -234,8 +234,18 @@ def test_source_must_match_the_dataset(tmp_path, monkeypatch):
 
 
 def test_embedded_spec_digest_and_validation():
-    assert re.fullmatch(r"[0-9a-f]{12}", EmbeddedClassSpec().digest())
-    assert EmbeddedClassSpec(val_per_class=3).digest() != EmbeddedClassSpec().digest()
+    default = EmbeddedClassSpec()
+    assert re.fullmatch(r"[0-9a-f]{12}", default.digest("imagenet"))
+    assert EmbeddedClassSpec(val_per_class=3).digest("imagenet") != default.digest("imagenet")
+    # an option changes the key of the sets it shapes and only theirs
+    inat_only = EmbeddedClassSpec(species_axis="texture")
+    assert inat_only.digest("inat18") != default.digest("inat18")
+    assert inat_only.digest("imagenet") == default.digest("imagenet")
+    assert inat_only.digest("places205") == default.digest("places205")
+    places_only = EmbeddedClassSpec(type_categories=4)
+    assert places_only.digest("places205") != default.digest("places205")
+    assert places_only.digest("imagenet") == default.digest("imagenet")
+    assert len({default.digest(d) for d in ("imagenet", "places205", "inat18")}) == 3
     with pytest.raises(ValueError, match="1 <= min_train_per_class <= train_per_class"):
         EmbeddedClassSpec(train_per_class=3)
     with pytest.raises(ValueError, match="val_per_class >= 1"):
@@ -271,7 +281,7 @@ def test_embedded_look_options_are_checked_and_applied():
 def test_photometric_jitter_varies_each_image_as_colour_jitter_does():
     image = np.zeros((8, 8, 3), np.uint8)
     image[:4], image[4:] = (200, 60, 60), (60, 60, 200)  # a red and a blue half
-    assert EmbeddedClassSpec().jitter_colours(np.random.default_rng(0), image) is image
+    assert EmbeddedClassSpec(photometric=0.0).jitter_colours(np.random.default_rng(0), image) is image
     spec = EmbeddedClassSpec(photometric=0.6)
     out = [spec.jitter_colours(np.random.default_rng(i), image) for i in range(10)]
     assert len({o.astype(int).sum() for o in out}) == 10  # brightness and contrast differ per draw
@@ -294,11 +304,13 @@ def test_places_types_by_objects_and_inat_species_by_texture_hue_or_marking(tmp_
         assert SPEC.min_objects <= len(plan.objects) <= SPEC.max_objects
         assert {o.category for o in plan.objects} <= {(2 * label + j) % SPEC.num_categories for j in range(4)}
     for axis in ("texture", "hue"):
-        spec = EmbeddedClassSpec(train_per_class=2, val_per_class=1, min_train_per_class=1, species_axis=axis)
+        spec = EmbeddedClassSpec(train_per_class=2, val_per_class=1, min_train_per_class=1, species_axis=axis,
+                                 species_per_category=3)
         inat = synth_classify._INat18(SPEC, spec)
         assert [s.axis for s in inat.species()] == [axis] * 18
         assert inat.class_names()[:3] == [f"{category_names(6)[0]}_{axis}{v}" for v in range(3)]
-    textures = [synth_classify._INat18(SPEC, EmbeddedClassSpec(species_axis="texture")).plan(np.random.default_rng(0), v)
+    textures = [synth_classify._INat18(SPEC, EmbeddedClassSpec(species_axis="texture", species_per_category=3))
+                .plan(np.random.default_rng(0), v)
                 .objects[0].texture for v in range(3)]
     own = TEXTURES.index(category_table(6)[0][0])
     assert textures == [TEXTURES[(own + 3 * v) % 10] for v in range(3)]
@@ -351,11 +363,11 @@ def test_embedded_sets_are_cached_under_their_digests(workdir, monkeypatch):
     monkeypatch.setattr(synth_classify, "_generate", lambda *a: pytest.fail("regenerated a cached set"))
     for dataset in CLASSIFICATION_DATASETS:
         split = _split(workdir, dataset, "train")
-        name = f"synth-{SPEC.digest()}-{dataset}-{_EMBEDDED[dataset].digest()}"
+        name = f"synth-{SPEC.digest()}-{dataset}-{_EMBEDDED[dataset].digest(dataset)}"
         assert split.key == f"{name}-train" and split.paths[0].is_relative_to(workdir / "data" / name)
         assert json.loads((workdir / "data" / name / "spec.json").read_text())["classes"]
     subset = _split(workdir, "imagenet", "train", "10percent")
-    assert subset.key == f"synth-{SPEC.digest()}-imagenet-{TINY.digest()}-train-10percent"
+    assert subset.key == f"synth-{SPEC.digest()}-imagenet-{TINY.digest('imagenet')}-train-10percent"
 
 
 def test_embedded_imagenet(workdir):
@@ -388,12 +400,12 @@ def test_embedded_places205(workdir):
 
 def test_embedded_inat18_is_long_tailed(workdir):
     train, val = _split(workdir, "inat18", "train"), _split(workdir, "inat18", "val")
-    assert train.classes == val.classes and len(train.classes) == 6 * 3
-    counts = np.bincount(train.targets, minlength=18)
-    tail = [max(1, round(6 * (rank + 1) ** -0.8)) for rank in range(18)]
+    assert train.classes == val.classes and len(train.classes) == 6 * 2  # two marked species per category
+    counts = np.bincount(train.targets, minlength=12)
+    tail = [max(1, round(6 * (rank + 1) ** -0.8)) for rank in range(12)]
     assert sorted(counts.tolist(), reverse=True) == tail  # non-increasing along the shuffled order
     assert counts.tolist() != tail  # shuffled: the head is not species 0, 1, ...
-    assert np.bincount(val.targets).tolist() == [2] * 18
+    assert np.bincount(val.targets).tolist() == [2] * 12
     root = train.paths[0].parents[3]
     data = json.loads((root / "train2018.json").read_text())
     shapes = [shape for _, shape in category_table(6)]

@@ -47,6 +47,23 @@ def test_the_grid_chosen_on_a_held_out_part_is_retrained_on_the_subset_and_teste
     assert (tested[0]["backbone_lr"], tested[0]["head_lr"]) == (chosen[0]["backbone_lr"], chosen[0]["head_lr"])
 
 
+def test_the_1pct_grid_is_chosen_on_the_10pct_held_out_part_and_trained_on_the_1pct_images(capsys, workdir):
+    run = [a.replace("semi_imagenet_10pct", "semi_imagenet_1pct") for a in RUN[:-4]]
+    run_main(capsys, *run, "--set", "task.params.epochs=1", "--set", "task.params.milestones=[1]",
+             "--set", "task.params.grid=true", "--set", "task.params.select_on=held_out",
+             "--set", "task.params.held_out_subset=10percent",
+             "--set", "task.params.embedded.train_per_class=20", "--workdir", str(workdir))
+    rows = [r for r in load_records(workdir) if r["method"] == "random"]
+    held, tested = [r for r in rows if r["metric"] == "held_out_top1"], [r for r in rows if r["metric"] == "top1"]
+    classes = tested[0]["images"]["val"] // 2
+    # 10% of 20 = 2 per class: one to fit, one held out; the 1% subset: one image per class
+    assert len(held) == 9 and all(r["images"] == {"train": classes, "held_out": classes} for r in held)
+    assert len(tested) == 1 and tested[0]["images"]["train"] == classes and tested[0]["subset"] == "1percent"
+    assert "of the 10percent subset, trained on the 1percent subset" in tested[0]["protocol"]
+    chosen = [r for r in held if r["best"]]
+    assert (tested[0]["backbone_lr"], tested[0]["head_lr"]) == (chosen[0]["backbone_lr"], chosen[0]["head_lr"])
+
+
 def test_held_out_selection_needs_two_labelled_images_per_class(workdir):
     result = run_cli(*RUN, "--set", "task.params.grid=true", "--set", "task.params.select_on=held_out",
                      "--workdir", str(workdir))

@@ -7,8 +7,12 @@ import json
 
 import pytest
 
+from orl_bench import pipeline
+from orl_bench.config import config_hash
+from orl_bench.data import synth_classify
 from orl_bench.registry import TASKS
 from orl_bench.results.records import REQUIRED, load_records
+from orl_bench.tasks.classify import ClassificationTask
 from tests.conftest import run_main
 
 
@@ -23,3 +27,17 @@ def test_every_task_runs_on_the_tiny_recipe_and_is_reused(task, capsys, workdir)
     again = run_main(capsys, *args)
     assert json.loads(again.split("timings: ")[1].splitlines()[0])["eval_reused"] is True
     assert len([r for r in load_records(workdir) if r["task"] == task]) == len(records)
+
+
+@pytest.mark.parametrize("task", TASKS.names())
+def test_records_of_an_embedded_set_of_another_design_are_not_reused(task, monkeypatch):
+    """The embedded classification sets' design lives in EmbeddedClassSpec's defaults, which no recipe
+    spells out: the task hash carries the set's digest, so records of another generator version miss.
+    Tasks whose config says it all keep the plain config hash (their stored records stay valid)."""
+    cfg = pipeline.load_task_config(task, "default", [])
+    now = pipeline.task_config_hash(cfg)
+    monkeypatch.setattr(synth_classify, "CLASSIFY_VERSION", synth_classify.CLASSIFY_VERSION - 1)
+    if isinstance(TASKS.get(task), type) and issubclass(TASKS.get(task), ClassificationTask):
+        assert pipeline.task_config_hash(cfg) != now
+    else:
+        assert pipeline.task_config_hash(cfg) == now == config_hash(cfg)
