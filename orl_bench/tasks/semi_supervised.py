@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from orl_bench.config import added_later, check_fields
+from orl_bench.config import ConfigError, added_later, check_fields
 from orl_bench.data.classification import IMAGENET_SUBSETS, ClassificationSplit
 from orl_bench.engine import rehearsal
 from orl_bench.registry import TASKS
@@ -60,6 +60,10 @@ class SemiParams(ClassificationParams):
                      ("select_on", self.select_on in ("val", "held_out"), "'val' or 'held_out'"),
                      ("held_out_fraction", 0 < self.held_out_fraction < 1, "in (0, 1)"),
                      ("held_out_subset", self.held_out_subset in (None, *IMAGENET_SUBSETS), f"null or one of {IMAGENET_SUBSETS}"))
+        if self.held_out_subset is not None and not (self.grid and self.select_on == "held_out"):
+            raise ConfigError(f"params.held_out_subset={self.held_out_subset} chooses the grid's point on a held-out part; "
+                             f"it needs grid=true and select_on=held_out, got grid={self.grid}, "
+                             f"select_on={self.select_on}")
         self.schedule()  # its milestones must lie within the epochs: refused now, not after pretraining
 
     def schedule(self) -> Schedule:

@@ -3,7 +3,11 @@ epoch, the rerun resumes and ends with the records of an uninterrupted run; the 
 records every point and marks the best."""
 from __future__ import annotations
 
+import pytest
+
+from orl_bench.config import ConfigError
 from orl_bench.results.records import load_records
+from orl_bench.tasks.semi_supervised import SemiParams
 from tests.conftest import run_cli, run_main, straight_then_killed
 
 RUN = ["run", "--method", "random", "--recipe", "tiny", "--task", "semi_imagenet_10pct", "--set",
@@ -69,3 +73,10 @@ def test_held_out_selection_needs_two_labelled_images_per_class(workdir):
                      "--workdir", str(workdir))
     assert result.returncode == 2 and "expected at least 2" in result.stderr, result.stderr[-2000:]
     assert not list(workdir.rglob("state.pt")) and not (workdir / "artifacts").exists()
+
+
+def test_a_held_out_subset_without_held_out_selection_is_refused():
+    with pytest.raises(ValueError, match="needs grid=true and select_on=held_out, got grid=False"):
+        SemiParams(held_out_subset="10percent")
+    with pytest.raises(ConfigError, match=r"held_out_subset.*null or one of \('1percent', '10percent'\)"):
+        SemiParams(grid=True, select_on="held_out", held_out_subset="5percent")
