@@ -187,7 +187,7 @@ def build(runs: list[Run], workdir: Path, task_data: dict[str, list[str]], info:
             say(f"would build: {run_name(run.row)} seed {run.seed}: "
                 + (f"reuse {stored.name}" if stored else "pretrain (or reuse its artifact)")
                 + f", then evaluate {', '.join(run.tasks)}; "
-                + estimate(workdir, records, run.row, list(run.tasks), stored is None))
+                + estimate(workdir, records, run.row, list(run.tasks), task_data, stored is None))
         return built
     for batch in [runs] if info.distributed else [[run] for run in runs]:
         pretrained = []
@@ -275,16 +275,20 @@ def stored_artifact(cfg: PretrainConfig, workdir: Path) -> Path | None:
 
 
 def estimate(workdir: Path, records: list[dict[str, Any]], row: RowPlan, tasks: list[str],
-             pretraining: bool = True) -> str:
+             task_data: dict[str, list[str]], pretraining: bool = True) -> str:
     """A cost estimate from this work directory's history: the median wall time of earlier
     pretraining runs of the same method and recipe (a multi-stage method's last stage only;
     none if `pretraining` is false), and of earlier evaluations of the same benchmark recipe (any
-    method); `unknown` where there is none."""
+    method), counting only those of the task's current configuration where there are any (a
+    changed protocol, such as a learning-rate grid, can cost ten times the old one); `unknown`
+    where there is none."""
     parts = [] if not pretraining else [_pretraining_estimate(workdir, row)]
     for task in tasks:
-        runs = [r["wall_time_s"] for r in _one_per_run(records) if r["task"] == task
+        runs = [r for r in _one_per_run(records) if r["task"] == task
                 and r.get("recipe") and pipeline.benchmark_recipe(r["recipe"]) == pipeline.benchmark_recipe(row.recipe)]
-        parts.append(f"{task} ~{statistics.median(runs):.0f} s" if runs else f"{task} unknown")
+        current = task_recipe_hash(task, row.recipe, task_data)
+        seconds = [r["wall_time_s"] for r in [r for r in runs if r.get("task_config_hash") == current] or runs]
+        parts.append(f"{task} ~{statistics.median(seconds):.0f} s" if seconds else f"{task} unknown")
     return "estimated " + ", ".join(parts)
 
 

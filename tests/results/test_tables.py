@@ -207,3 +207,17 @@ def test_a_metric_carried_as_a_field_fills_its_own_column(ref):
     frame = tables.fill(table, rows, records, seeds=1, task_hash={(c.task, "default"): "h" for c in table.columns})
     cells = frame[frame["row"] == "BYOL (COCO)"].set_index(["task", "metric"])["mean"]
     assert cells[("semi_imagenet_1pct", "top1")] == 30.0 and cells[("semi_imagenet_1pct", "top5")] == 60.0
+
+
+def test_the_time_estimate_counts_evaluations_of_the_tasks_current_configuration_first(tmp_path):
+    row = tables.RowPlan("BYOL", "byol", "tiny", {})
+    current = plan.task_recipe_hash("semi_imagenet_10pct", "tiny", {})
+
+    def run(seconds: float, task_hash: str) -> dict:
+        return {"task": "semi_imagenet_10pct", "recipe": "tiny", "wall_time_s": seconds, "artifact_sha256": str(seconds),
+                "task_config_hash": task_hash, "timestamp": "t"}
+    older = [run(20.0, "an-older-protocol"), run(30.0, "an-older-protocol")]
+    said = plan.estimate(tmp_path, older + [run(250.0, current)], row, ["semi_imagenet_10pct"], {}, pretraining=False)
+    assert said == "estimated semi_imagenet_10pct ~250 s"
+    assert plan.estimate(tmp_path, older, row, ["semi_imagenet_10pct"], {}, pretraining=False) \
+        == "estimated semi_imagenet_10pct ~25 s"  # none of the current configuration: any of the recipe's
