@@ -21,7 +21,8 @@ from orl_bench.config import DataConfig
 from orl_bench.data.class_folders import ClassFolders, class_names
 from orl_bench.data.images import DatasetLayoutError
 from orl_bench.data.sources import ENV_VARS, real_root
-from orl_bench.data.synth_classify import SPLITS, SUBSET_FRACTIONS, EmbeddedClassSpec, ensure_embedded
+from orl_bench.data.classify_sets import SUBSET_FRACTIONS
+from orl_bench.data.synth_classify import SPLITS, EmbeddedClassSpec, ensure_embedded
 
 __all__ = ["CLASSIFICATION_DATASETS", "IMAGENET_SUBSETS", "EmbeddedClassSpec", "ClassificationSplit",
            "check_classification_split", "classification_split", "load_imagenet", "load_places205", "load_inat18"]

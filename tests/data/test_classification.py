@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from orl_bench.config import DataConfig
-from orl_bench.data import synth_classify
+from orl_bench.data import classify_sets, synth_classify
 from orl_bench.data.classification import (CLASSIFICATION_DATASETS, IMAGENET_SUBSETS, EmbeddedClassSpec,
                                            classification_split, load_imagenet, load_inat18, load_places205)
 from orl_bench.data.images import DatasetLayoutError
@@ -298,7 +298,7 @@ def test_photometric_jitter_varies_each_image_as_colour_jitter_does():
 def test_places_types_by_objects_and_inat_species_by_texture_hue_or_marking(tmp_path):
     objects = EmbeddedClassSpec(train_per_class=2, val_per_class=1, min_train_per_class=1, scene_types="objects",
                                 scene_backdrop="any", photometric=0.5)
-    places = synth_classify._Places205(SPEC, objects)
+    places = classify_sets._Places205(SPEC, objects)
     for label in range(10):
         plan = places.plan(np.random.default_rng(label), label)
         assert SPEC.min_objects <= len(plan.objects) <= SPEC.max_objects
@@ -306,15 +306,15 @@ def test_places_types_by_objects_and_inat_species_by_texture_hue_or_marking(tmp_
     for axis in ("texture", "hue"):
         spec = EmbeddedClassSpec(train_per_class=2, val_per_class=1, min_train_per_class=1, species_axis=axis,
                                  species_per_category=3)
-        inat = synth_classify._INat18(SPEC, spec)
+        inat = classify_sets._INat18(SPEC, spec)
         assert [s.axis for s in inat.species()] == [axis] * 18
         assert inat.class_names()[:3] == [f"{category_names(6)[0]}_{axis}{v}" for v in range(3)]
-    textures = [synth_classify._INat18(SPEC, EmbeddedClassSpec(species_axis="texture", species_per_category=3))
+    textures = [classify_sets._INat18(SPEC, EmbeddedClassSpec(species_axis="texture", species_per_category=3))
                 .plan(np.random.default_rng(0), v)
                 .objects[0].texture for v in range(3)]
     own = TEXTURES.index(category_table(6)[0][0])
     assert textures == [TEXTURES[(own + 3 * v) % 10] for v in range(3)]
-    marked = synth_classify._INat18(SPEC, EmbeddedClassSpec(species_axis="marking", species_per_category=2))
+    marked = classify_sets._INat18(SPEC, EmbeddedClassSpec(species_axis="marking", species_per_category=2))
     for label in range(12):  # category label // 2 with a small object of category label // 2 + 1 + label % 2 on it
         body, marking = marked.plan(np.random.default_rng(label), label).objects[:2]
         assert (body.category, marking.category) == (label // 2, (label // 2 + 1 + label % 2) % 6)
@@ -382,7 +382,7 @@ def test_embedded_imagenet(workdir):
     train = _split(workdir, "imagenet", "train")
     for subset in IMAGENET_SUBSETS:
         s = _split(workdir, "imagenet", "train", subset)
-        expected = max(1, round(synth_classify.SUBSET_FRACTIONS[subset] * 3))
+        expected = max(1, round(classify_sets.SUBSET_FRACTIONS[subset] * 3))
         assert np.bincount(s.targets, minlength=6).tolist() == [expected] * 6
         assert set(s.paths) <= set(train.paths)
 
