@@ -4,11 +4,12 @@ second run that reuses them."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from orl_bench import pipeline
-from orl_bench.config import config_hash
+from orl_bench.config import config_hash, to_dict
 from orl_bench.data import synth_classify
 from orl_bench.registry import TASKS
 from orl_bench.results.records import REQUIRED, load_records
@@ -41,3 +42,31 @@ def test_records_of_an_embedded_set_of_another_design_are_not_reused(task, monke
         assert pipeline.task_config_hash(cfg) != now
     else:
         assert pipeline.task_config_hash(cfg) == now == config_hash(cfg)
+
+
+PARAM_DEFAULTS = Path(__file__).with_name("param_defaults.json")
+
+
+def params_defaults(task: str) -> dict:
+    """What a recipe that leaves a task's options alone runs with, as hashed if spelled out
+    (`embedded` is keyed by the set's digest, Task.data_identity, and is left out here)."""
+    defaults = to_dict(TASKS.get(task).Params(), for_hash=True)
+    defaults.pop("embedded", None)
+    return defaults
+
+
+def write_params_defaults() -> None:
+    """Rewrite the snapshot, once the change of a default is made safe (see the test below)."""
+    in_tree = [t for t in TASKS.names() if TASKS.source(t).startswith("orl_bench.")]
+    PARAM_DEFAULTS.write_text(json.dumps({t: params_defaults(t) for t in in_tree}, indent=1, sort_keys=True) + "\n")
+
+
+@pytest.mark.parametrize("task", [t for t in TASKS.names() if TASKS.source(t).startswith("orl_bench.")])
+def test_a_task_options_defaults_change_only_with_its_records_key(task):
+    """A task's record key hashes its recipe as written, not the options it leaves to their defaults:
+    a changed default, or a new option without `added_later`, would change results under an unchanged
+    key, and stored records of the old behaviour would be reused as the new. To change one, spell
+    the old value out in the recipes that keep it (or mark a new option `added_later(old behaviour)`),
+    then rewrite the snapshot: python -c "from tests.tasks.test_tasks import write_params_defaults as w; w()"."""
+    assert params_defaults(task) == json.loads(PARAM_DEFAULTS.read_text()).get(task), \
+        f"{task}'s option defaults differ from {PARAM_DEFAULTS.name}"
