@@ -63,7 +63,7 @@ class EmbeddedClassSpec:
     # places205: "objects": a type is the set of categories its scenes' objects come from (type t: the
     # type_categories categories from 2t on, so neighbouring types share type_categories - 2), in
     # scene sizes and places; "layout": a type is a layout, a category group and a background
-    # (_SCENE_TYPES), every one of which an untrained network reads
+    # (classify_sets._SCENE_TYPES), every one of which an untrained network reads
     scene_types: str = "objects"
     type_categories: int = 3
     # inat18: "marking": a category's shape with a small object of the next (1st, 2nd, 3rd) category
