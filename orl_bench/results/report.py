@@ -55,14 +55,15 @@ def summarize(records: list[dict[str, Any]], paper: PaperReference) -> list[dict
         # an ablation recipe's records carry the method's settings, not its epochs relative to the scale
         variant = pipeline.paper_variant(first["method"], first["recipe"]) \
             if pipeline.ABLATION_RECIPE.match(str(first.get("recipe"))) else first.get("variant", {})
+        coco_plus = first.get("pretrain_data") in COCO_PLUS_SOURCES
         row.update({
+            "coco_plus": coco_plus,
             "mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "n": len(values),
             "seeds": sorted({r.get("seed") for r in items if r.get("seed") is not None}),
             "paper": paper.lookup(first["task"], first["metric"], first["method"], k=first.get("k"), **variant,
-                                  pretrain_data="coco_plus" if first.get("pretrain_data") in COCO_PLUS_SOURCES
-                                  else "coco"),
+                                  pretrain_data="coco_plus" if coco_plus else "coco"),
         })
         rows.append(row)
     return rows
@@ -100,12 +101,22 @@ def at_a_glance(records: list[dict[str, Any]], paper: PaperReference) -> pd.Data
         return rows
     # a task's chance level is one per dataset, whatever the k (low-shot) or the neighbours (kNN)
     chance = {(r.task, r.metric, r.dataset): r.mean for r in rows[rows["method"] == CHANCE].itertuples()}
-    random = {(r.task, r.metric, _k(r.k), r.dataset, _scale(r.recipe)): r.mean
+    random = {(r.task, r.metric, _k(r.k), r.dataset, _scale(r.recipe)): (r.mean, r.std)
               for r in rows[rows["method"] == "random"].itertuples()}
     lines = rows[rows["method"] != CHANCE].reset_index(drop=True)
     lines["chance"] = [chance.get((r.task, r.metric, r.dataset)) for r in lines.itertuples()]
-    lines["random"] = [random.get((r.task, r.metric, _k(r.k), r.dataset, _scale(r.recipe))) for r in lines.itertuples()]
+    floor = [random.get((r.task, r.metric, _k(r.k), r.dataset, _scale(r.recipe)), (None, None)) for r in lines.itertuples()]
+    lines["random"], lines["random_std"] = [m for m, _ in floor], [s for _, s in floor]
     return lines
+
+
+def above_random(mean: float, std: float, random: Any, random_std: Any) -> str:
+    """How far a line lies above the random init: in points and, where seeds give a spread, in units
+    of the larger of the two standard deviations (a margin within one is no separation)."""
+    if random is None or pd.isna(random):
+        return "-"
+    spread = max(std, random_std)
+    return f"{mean - random:+.2f}" + (f" ({(mean - random) / spread:.1f} sd)" if spread > 0 else "")
 
 
 def _number(x: Any, digits: int = 2) -> str:
@@ -117,20 +128,22 @@ def _text(x: Any) -> str:
 
 
 def glance_markdown(lines: pd.DataFrame) -> str:
-    """Per task cell a small table: method | recipe | value | n | chance | random | paper."""
+    """Per task cell a small table: method | recipe | value | n | chance | above random | paper (random first)."""
     blocks = []
     for (task, metric, k, dataset), part in lines.groupby(list(CELL_KEYS), sort=False, dropna=False):
         # the floor first, the ceiling last: random, the methods, supervised
         part = part.sort_values("method", key=lambda m: (m != "random").astype(int) + (m == "supervised"), kind="stable")
         # the recipe names a setting; a `--set` override of the same recipe shows its setup hash
-        again = part.duplicated(["method", "recipe", "epochs"], keep=False)
+        again = part.duplicated(["method", "coco_plus", "recipe", "epochs"], keep=False)
         shown = pd.DataFrame({
-            "method": [m + (f" [{h[:8]}]" if twice else "") for m, h, twice in
-                       zip(part["method"], part["setup_hash"].fillna("-"), again)],
+            "method": [m + (" (COCO+)" if plus else "") + (f" [{h[:8]}]" if twice else "") for m, plus, h, twice in
+                       zip(part["method"], part["coco_plus"], part["setup_hash"].fillna("-"), again)],
             "recipe": [f"{r}, {int(e)} ep" if not pd.isna(e) else str(r) for r, e in zip(part["recipe"], part["epochs"])],
             "value": [f"{m:.2f} ± {s:.2f}" for m, s in zip(part["mean"], part["std"])],
             "n": part["n"].astype(int),
-            "chance": part["chance"].map(_number), "random": part["random"].map(_number),
+            "chance": part["chance"].map(_number),  # the random init is the block's first line
+            "above random": ["-" if method == "random" else above_random(m, s, r, rs) for method, m, s, r, rs in
+                             zip(part["method"], part["mean"], part["std"], part["random"], part["random_std"])],
             "paper": part["paper"].map(lambda p: _number(p, 1))})
         title = f"{task} · {metric}" + ("" if k is None or pd.isna(k) else f" · k={int(k)}") + f" · {dataset}"
         table = shown.to_markdown(index=False, disable_numparse=True, colalign=("left",) * 2 + ("right",) * 5)

@@ -118,8 +118,12 @@ def test_at_a_glance_puts_each_method_at_its_best_layer_beside_chance_random_and
     block = text.split("voc07_svm · mAP · synth")[1].splitlines()
     assert [line.split("|")[1].strip() for line in block[4:]] == ["random"] * 2 + ["byol", "supervised"]  # floor first
     assert [c.strip() for c in block[6].split("|")[1:-1]] == ["byol", "default", "34.00 ± 2.83", "2", "13.00",
-                                                               "20.00", "84.5"]
+                                                               "+14.00 (4.9 sd)", "84.5"]
+    assert [c.strip() for c in block[7].split("|")[1:-1]][5] == "+20.00"  # one seed each: no spread to weigh it by
     assert max(map(len, text.splitlines())) <= 100  # fits a terminal
+    plus = glance_markdown(at_a_glance(records + [record(38.0, 0, artifact_sha256="p", setup_hash="c",
+                                                           pretrain_data="synth_plus")], load_reference()))
+    assert "| byol (COCO+) | default       | 38.00 ± 0.00 |" in plus and "| byol         | default       | 34.00 ± 2.83 |" in plus
 
 
 def test_report_reads_record_files_and_names_a_missing_one(tmp_path, capsys):
