@@ -141,7 +141,7 @@ def glance_markdown(lines: pd.DataFrame) -> str:
             "recipe": [f"{r}, {int(e)} ep" if not pd.isna(e) else str(r) for r, e in zip(part["recipe"], part["epochs"])],
             "value": [f"{m:.2f} ± {s:.2f}" for m, s in zip(part["mean"], part["std"])],
             "n": part["n"].astype(int),
-            "chance": part["chance"].map(_number),  # the random init is the block's first line
+            "chance": part["chance"].map(_number),  # the random init's own line(s) come first
             "above random": ["-" if method == "random" else above_random(m, s, r, rs) for method, m, s, r, rs in
                              zip(part["method"], part["mean"], part["std"], part["random"], part["random_std"])],
             "paper": part["paper"].map(lambda p: _number(p, 1))})
