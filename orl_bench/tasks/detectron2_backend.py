@@ -1,4 +1,4 @@
-"""The detectron2 backend of COCO Mask R-CNN transfer: a config file, and a launcher.
+"""The detectron2 backend of COCO Mask R-CNN transfer: the task's params as a config file, and a launcher.
 
 The config is Mask R-CNN R50-FPN on COCO 2017 as MoCo and ORL fine-tune it: the exported .pkl
 (`orl-bench export --format detectron2`) as MODEL.WEIGHTS, torchvision's RGB normalisation (the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,11 +19,17 @@ import yaml
 from torch.utils.data import DataLoader
 
 from orl_bench.config import ConfigError
+from orl_bench.data.coco import CocoDataset
 from orl_bench.engine.checkpoint import save_torch
+from orl_bench.engine.distributed import DistInfo
 from orl_bench.engine.trainer import seed_globals
 from orl_bench.faults import fault_point
 from orl_bench.io import atomic_write_text
+from orl_bench.models.backbones import ResNet
 from orl_bench.tasks.detection_data import pass_order
+
+if TYPE_CHECKING:  # coco_maskrcnn imports this module
+    from orl_bench.tasks.coco_maskrcnn import MaskRCNNParams
 
 # ImageNet mean/std in 0..255 RGB: what torchvision's transforms normalise with.
 PIXEL_MEAN = [123.675, 116.280, 103.530]
@@ -104,6 +110,63 @@ def maskrcnn_config(weights: Path, output_dir: Path, *,
         "TEST": {"PRECISE_BN": {"ENABLED": True, "NUM_ITER": precise_bn_iters}},
         "SEED": seed,
     }
+
+
+def resnet_depth(backbone: ResNet) -> int:
+    """18, 34, 50 or 101 from the block type and per-stage block counts; detectron2's ResNets have
+    torchvision's widths only, so a narrowed backbone is an error."""
+    blocks = tuple(len(stage) for stage in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4))
+    bottleneck = hasattr(backbone.layer1[0], "conv3")
+    depth = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34, (True, (3, 4, 6, 3)): 50,
+             (True, (3, 4, 23, 3)): 101}.get((bottleneck, blocks))
+    if depth is None or backbone.conv1.out_channels != 64:
+        raise ConfigError(f"the detectron2 backend builds ResNet-18/34/50/101 at torchvision's width (stem 64); "
+                          f"this backbone has blocks {blocks} and a stem of {backbone.conv1.out_channels} channels: "
+                          "use task.params.backend=torchvision")
+    return depth
+
+
+def check_detectron2_processes(p: MaskRCNNParams, info: DistInfo) -> None:
+    """detectron2 starts its own processes, one per GPU; on a machine without CUDA, one."""
+    if info.distributed:
+        raise ConfigError("params.backend=detectron2 launches its own processes (one per GPU, "
+                          "params.num_gpus): run it without torchrun")
+    gpus = torch.cuda.device_count()
+    if p.num_gpus > max(gpus, 1):
+        raise ConfigError(f"params.num_gpus={p.num_gpus} but this machine has {gpus} CUDA GPUs"
+                          + ("; without CUDA the detectron2 backend runs in one process (num_gpus=1)" if not gpus else ""))
+
+
+def mask_format(split: CocoDataset) -> str:
+    """detectron2's INPUT.MASK_FORMAT for the split's instance masks: "bitmask" where a non-crowd
+    segmentation is RLE (the embedded scenes'), "polygon" otherwise (COCO's)."""
+    rle = any(isinstance(a["segmentation"], dict) for i in range(len(split)) for a in split.annotations(i)
+              if not a.get("iscrowd", 0))
+    return "bitmask" if rle else "polygon"
+
+
+def detectron2_amp(amp: str, device: torch.device) -> bool:
+    """SOLVER.AMP.ENABLED: detectron2's AMPTrainer computes in float16 with a gradient scaler, so
+    amp=fp16 (on CUDA) turns it on; auto leaves it off, as the official configs do."""
+    return amp == "fp16" and device.type == "cuda"
+
+
+def detectron2_settings(p: MaskRCNNParams, backbone: ResNet, num_classes: int, device: torch.device,
+                        train_name: str, val_name: str, masks: str = "polygon") -> dict[str, Any]:
+    """maskrcnn_config's keywords for these params: the same protocol as the built-in backend."""
+    return {"min_size_train": p.min_size_train, "max_size_train": p.max_size, "min_size_test": p.min_size_test,
+            "max_size_test": p.max_size, "ims_per_batch": p.batch_size, "base_lr": p.base_lr * p.batch_size / 16,
+            "momentum": p.momentum, "weight_decay": p.weight_decay, "warmup_factor": p.warmup_factor,
+            "steps": p.steps, "max_iter": p.iterations, "warmup_iters": p.warmup_iters, "box_head": p.box_head,
+            "norm": "SyncBN" if p.sync_bn else "BN", "head_norm": ("SyncBN" if p.sync_bn else "BN") if p.norm else "",
+            "depth": resnet_depth(backbone), "num_classes": num_classes, "fpn_channels": p.fpn_channels,
+            "head_channels": p.head_channels, "box_fc": p.box_fc,
+            "rpn_topk_train": (p.rpn_pre_nms_top_n_train, p.rpn_post_nms_top_n_train),
+            "rpn_topk_test": (p.rpn_pre_nms_top_n_test, p.rpn_post_nms_top_n_test),
+            "rois_per_image": p.box_batch_size_per_image, "amp": detectron2_amp(p.amp, device),
+            "seed": p.seed, "device": device.type, "checkpoint_period": p.checkpoint_every,
+            "num_workers": p.num_workers, "precise_bn_iters": p.precise_bn_iters, "mask_format": masks,
+            "train_datasets": (train_name,), "test_datasets": (val_name,)}
 
 
 def write_maskrcnn_config(weights: Path, output_dir: Path, **settings: Any) -> Path:

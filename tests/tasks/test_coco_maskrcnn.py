@@ -22,9 +22,9 @@ from orl_bench.models.backbones import build_backbone
 from orl_bench.tasks import coco_maskrcnn
 from orl_bench.results.records import load_records
 from orl_bench.config import ConfigError
-from orl_bench.tasks.coco_maskrcnn import (MaskRCNNParams, build_maskrcnn, detectron2_settings, fine_tune,
-                                          load_backbone_strict, lr_factor, prepare_for, resnet_depth)
-from orl_bench.tasks.detectron2_backend import maskrcnn_config
+from orl_bench.tasks.coco_maskrcnn import (MaskRCNNParams, build_maskrcnn, fine_tune, load_backbone_strict,
+                                          lr_factor, prepare_for)
+from orl_bench.tasks.detectron2_backend import detectron2_settings, mask_format, maskrcnn_config, resnet_depth
 from orl_bench.tasks.detection_data import (InstanceImages, chance_results, check_instances, coco_ap,
                                            ground_truth_as_results)
 from tests.conftest import REPO, run_cli, straight_then_killed
@@ -252,9 +252,9 @@ def test_detectron2_batches_are_the_built_in_order_split_over_ranks_and_reseeded
 
 
 def test_detectron2_mask_format_follows_the_annotations(tmp_path):
-    assert coco_maskrcnn.mask_format(write_coco(tmp_path / "poly", [square(1, 5, 5, 10)])) == "polygon"
+    assert mask_format(write_coco(tmp_path / "poly", [square(1, 5, 5, 10)])) == "polygon"
     rle = {**square(1, 5, 5, 10), "segmentation": {"size": [30, 40], "counts": "0"}}
-    assert coco_maskrcnn.mask_format(write_coco(tmp_path / "rle", [rle])) == "bitmask"
+    assert mask_format(write_coco(tmp_path / "rle", [rle])) == "bitmask"
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -15,8 +15,8 @@ from orl_bench import pipeline  # noqa: E402
 from orl_bench.models.backbones import build_backbone  # noqa: E402
 from orl_bench.results.records import load_records  # noqa: E402
 from orl_bench.config import from_dict  # noqa: E402
-from orl_bench.tasks.coco_maskrcnn import MaskRCNNParams, detectron2_settings  # noqa: E402
-from orl_bench.tasks.detectron2_backend import write_maskrcnn_config  # noqa: E402
+from orl_bench.tasks.coco_maskrcnn import MaskRCNNParams  # noqa: E402
+from orl_bench.tasks.detectron2_backend import detectron2_settings, write_maskrcnn_config  # noqa: E402
 from tests.conftest import run_cli, straight_then_killed  # noqa: E402
 
 RUN = ["run", "--method", "byol", "--recipe", "tiny", "--task", "coco_maskrcnn", "--set", "model.width=64",
