@@ -23,7 +23,8 @@ import torch
 from orl_bench.config import (ConfigError, PretrainConfig, TaskConfig, apply_overrides, config_hash, find_recipe,
                               from_dict, load_yaml_recipe, recipe_root, to_dict, validate_params)
 from orl_bench.data.sources import CONTENT_KEYED_SOURCES, ImageList, pretrain_images
-from orl_bench.engine.checkpoint import export_artifact, is_complete, load_backbone, read_manifest, write_config
+from orl_bench.engine.checkpoint import (export_artifact, is_complete, load_backbone, pretraining_seconds,
+                                         read_manifest, write_config)
 from orl_bench.engine.checkpoint_formats import Checkpoint, load_checkpoint
 from orl_bench.engine.distributed import DistInfo, barrier
 from orl_bench.engine.trainer import pretrain
@@ -231,10 +232,12 @@ def record_fields(cfg: PretrainConfig, folder: Path | None = None) -> dict[str, 
     setup = config_hash(unseeded)
     if cfg.data.source in CONTENT_KEYED_SOURCES and folder is not None:
         setup = config_hash({"config": setup, "images": read_manifest(folder)["data"]["key"]})
-    # pretrain_data: which images it learnt from, so a table tells its COCO and COCO+ rows apart
+    # pretrain_data: which images it learnt from, so a table tells its COCO and COCO+ rows apart;
+    # pretraining_s: the artifact's build time, so tables and estimates have it after the artifact is gone
     return {"config_hash": config_hash(cfg), "setup_hash": setup[:12], "seed": cfg.train.seed,
             "epochs": 0 if plugin is None else cfg.train.epochs, "pretrain_data": cfg.data.source,
-            "variant": plugin.variant(cfg) if plugin else {}}
+            "variant": plugin.variant(cfg) if plugin else {},
+            **({"pretraining_s": round(pretraining_seconds(folder), 1)} if folder is not None else {})}
 
 
 def artifact_config(folder: Path) -> PretrainConfig:

@@ -18,12 +18,12 @@ from typing import Any
 from orl_bench import pipeline
 from orl_bench.config import ConfigError, PretrainConfig, TaskConfig, config_hash
 from orl_bench.data.sources import COCO_PLUS_SOURCES, CONTENT_KEYED_SOURCES
-from orl_bench.engine.checkpoint import MANIFEST, is_complete
+from orl_bench.engine.checkpoint import MANIFEST, is_complete, pretraining_seconds
 from orl_bench.engine.distributed import DistInfo
 from orl_bench.registry import METHODS, TASKS
 from orl_bench.results.paper import PaperReference, PaperTable
 from orl_bench.results.records import CHANCE
-from orl_bench.results.tables import RowPlan, of_row, pretraining_seconds, run_name
+from orl_bench.results.tables import RowPlan, of_row, run_name
 
 # --data NAME=PATH: the pretraining data of the COCO or the COCO+ rows, or the tasks that read the dataset
 DATA_SOURCES = {"coco": ("pretrain", "coco"), "coco_plus": ("pretrain", "coco_plus"),
@@ -282,7 +282,7 @@ def estimate(workdir: Path, records: list[dict[str, Any]], row: RowPlan, tasks: 
     method), counting only those of the task's current configuration where there are any (a
     changed protocol, such as a learning-rate grid, can cost ten times the old one); `unknown`
     where there is none."""
-    parts = [] if not pretraining else [_pretraining_estimate(workdir, row)]
+    parts = [] if not pretraining else [_pretraining_estimate(workdir, records, row)]
     for task in tasks:
         runs = [r for r in _one_per_run(records) if r["task"] == task
                 and r.get("recipe") and pipeline.benchmark_recipe(r["recipe"]) == pipeline.benchmark_recipe(row.recipe)]
@@ -292,11 +292,16 @@ def estimate(workdir: Path, records: list[dict[str, Any]], row: RowPlan, tasks: 
     return "estimated " + ", ".join(parts)
 
 
-def _pretraining_estimate(workdir: Path, row: RowPlan) -> str:
+def _pretraining_estimate(workdir: Path, records: list[dict[str, Any]], row: RowPlan) -> str:
+    """From the artifacts of this work directory, else from the build times records carry (a work
+    directory seeded with committed records has no artifacts)."""
     trained = [pretraining_seconds(manifest.parent)
                for manifest in (Path(workdir) / "artifacts").glob(f"{row.method}-*/{MANIFEST}")
                if (facts := json.loads(manifest.read_text())).get("recipe") == row.recipe
                and (facts.get("data", {}).get("source") in COCO_PLUS_SOURCES) == row.coco_plus]
+    if not trained:
+        trained = list({r["artifact_sha256"]: r["pretraining_s"] for r in records
+                        if "pretraining_s" in r and of_row(r, row)}.values())
     return f"pretraining ~{statistics.median(trained):.0f} s" if trained else "pretraining time unknown"
 
 

@@ -57,6 +57,17 @@ def read_run_info(artifact_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def pretraining_seconds(artifact_dir: Path) -> float:
+    """The wall time an artifact's build spent: its training (or last stage), plus the earlier
+    stages built in the same run (their top-level `*_s` durations; a reused stage counts 0)."""
+    # artifacts made before run.json kept it in the manifest
+    info = read_run_info(artifact_dir) or read_manifest(artifact_dir)
+    stages = info.get("stages", {})
+    earlier = [v for entry in (stages, *(e for e in stages.values() if isinstance(e, dict)))
+               for k, v in entry.items() if k.endswith("_s") and isinstance(v, (int, float))]
+    return float(info.get("train_wall_s_this_run", 0)) + sum(earlier)
+
+
 def is_complete(artifact_dir: Path) -> bool:
     return (Path(artifact_dir) / MANIFEST).is_file()
 

@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from orl_bench.data.sources import COCO_PLUS_SOURCES
-from orl_bench.engine.checkpoint import is_complete, read_manifest, read_run_info
+from orl_bench.engine.checkpoint import is_complete, pretraining_seconds
 from orl_bench.io import atomic_write_text
 from orl_bench.results.paper import PaperTable
 from orl_bench.results.records import CHANCE
@@ -133,16 +133,6 @@ def pivot(frame: pd.DataFrame, table: PaperTable) -> pd.DataFrame:
     return wide.loc[list(dict.fromkeys(frame["row"])), [c.label for c in table.columns]]
 
 
-def pretraining_seconds(folder: Path) -> float:
-    """The wall time an artifact's build spent: its training (or last stage), plus the earlier
-    stages built in the same run (their top-level `*_s` durations; a reused stage counts 0)."""
-    info = read_run_info(folder) or read_manifest(folder)  # artifacts made before run.json kept it in the manifest
-    stages = info.get("stages", {})
-    earlier = [v for entry in (stages, *(e for e in stages.values() if isinstance(e, dict)))
-               for k, v in entry.items() if k.endswith("_s") and isinstance(v, (int, float))]
-    return float(info.get("train_wall_s_this_run", 0)) + sum(earlier)
-
-
 def artifact_folder(recorded: str, workdir: Path) -> Path:
     """An artifact folder named in a record, or the same folder under this work directory (records
     keep the path they were written with; a work directory can move)."""
@@ -154,12 +144,18 @@ def provenance(parts: list[tuple[PaperTable, pd.DataFrame]], records: list[dict[
                data: dict[str, str], seconds: float, workdir: Path) -> str:
     """Where a table's numbers come from, as Markdown bullets."""
     frame = pd.concat([f for _, f in parts])
-    folders = {artifact_folder(d, workdir) for found in frame["artifact_dirs"] for d in found}
-    trained = sum(pretraining_seconds(f) for f in folders if is_complete(f))
     artifacts = sorted({a for found in frame["artifacts"] for a in found})
     runs = {run for found in frame["runs"] for run in found}  # a run fills several cells (layers, k, metrics)
     keys = {run[:3] for run in runs}
     used = [r for r in records if (r["task"], r.get("artifact_sha256") or "", r.get("timestamp") or "") in keys]
+    # each artifact's build time: from its folder, else from its records (the folder may be gone)
+    built: dict[str, float | None] = {}
+    for r in used:
+        folder = artifact_folder(r["artifact"], workdir) if r.get("artifact") else None
+        if r.get("artifact_sha256") and r["artifact_sha256"] not in built:
+            built[r["artifact_sha256"]] = (pretraining_seconds(folder) if folder and is_complete(folder)
+                                           else r.get("pretraining_s"))
+    unknown = sum(s is None for s in built.values())
     protocols = sorted({str(r.get("protocol")) for r in used if r.get("protocol")})
     solvers = sorted({r["svm_solver"] for r in used if r.get("svm_solver")})
     lines = [f"- recipe: `{scale}` (pretraining and benchmarks), seeds {list(range(seeds))}",
@@ -169,8 +165,9 @@ def provenance(parts: list[tuple[PaperTable, pd.DataFrame]], records: list[dict[
              f"- artifacts (sha256, first 12): {', '.join(artifacts) or 'none'}",
              f"- protocols: {'; '.join(protocols) or '-'}" + (f"; SVM solver {', '.join(solvers)}" if solvers else ""),
              f"- devices: {', '.join(sorted({str(r.get('device')) for r in used})) or '-'}",
-             f"- time: pretraining {trained:.0f} s (the artifacts' own builds), evaluation "
-             f"{sum(wall for *_, wall in runs):.0f} s (the records); "
+             f"- time: pretraining {sum(s for s in built.values() if s is not None):.0f} s (the artifacts' own builds"
+             + (f"; {unknown} of {len(built)} unknown: no folder here, no pretraining_s in their records" if unknown else "")
+             + f"), evaluation {sum(wall for *_, wall in runs):.0f} s (the records); "
              f"this command: {seconds:.0f} s; written {time.strftime('%Y-%m-%d %H:%M %Z')}"]
     return "\n".join(lines) + "\n"
 

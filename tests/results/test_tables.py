@@ -9,6 +9,7 @@ import pytest
 
 from orl_bench.config import ConfigError
 from orl_bench import pipeline, plan
+from orl_bench.engine.checkpoint import pretraining_seconds
 from orl_bench.results import tables
 from orl_bench.results.paper import Row, load_reference
 from tests.conftest import run_main
@@ -196,7 +197,38 @@ def test_pretraining_time_counts_the_stages_built_in_the_same_run(tmp_path):
         "stage1": {"data_s": 1.0, "pretrain_s": 5.0, "pretrain_reused": False},
         "stage2_s": 3.0, "stage2_steps_s": {"proposals": 2.0}}}))  # a breakdown of stage2_s, not counted again
     (old / "manifest.json").write_text(json.dumps({"train_wall_s_this_run": 7.5}))  # before run.json existed
-    assert tables.pretraining_seconds(new) == 19.0 and tables.pretraining_seconds(old) == 7.5
+    assert pretraining_seconds(new) == 19.0 and pretraining_seconds(old) == 7.5
+    # and every record of the artifact carries it, for when the folder is gone
+    assert pipeline.record_fields(pipeline.load_pretrain_config("orl", "tiny", []), new)["pretraining_s"] == 19.0
+
+
+def test_the_provenance_takes_a_gone_artifacts_pretraining_time_from_its_records(ref, tmp_path):
+    import json
+    table = ref.table("table1")
+    rows = [r for r in plan.plan_rows(table, "default", ref, {}) if r.method == "byol"]
+    here = tmp_path / "artifacts" / "byol-here"
+    here.mkdir(parents=True)
+    (here / "manifest.json").write_text("{}")
+    (here / "run.json").write_text(json.dumps({"train_wall_s_this_run": 7.0}))
+    records = [record("byol", 50.0, seed=0) | {"artifact": "artifacts/byol-gone-0", "pretraining_s": 100.0},
+               record("byol", 51.0, seed=1) | {"artifact": "artifacts/byol-gone-1"},  # from before records kept it
+               record("byol", 52.0, seed=2) | {"artifact": "/elsewhere/artifacts/byol-here", "pretraining_s": 9.0}]
+    frame = tables.fill(table, rows, records, seeds=3, task_hash={(c.task, "default"): "h" for c in table.columns})
+    notes = tables.provenance([(table, frame)], records, "default", 3, {}, 1.0, tmp_path)
+    # the folder found under this work directory is read first; the gone one's record; one unknown, said so
+    assert "- time: pretraining 107 s (the artifacts' own builds; 1 of 3 unknown: no folder here, no " \
+           "pretraining_s in their records), evaluation" in notes
+
+
+def test_the_pretraining_estimate_reads_the_records_when_no_artifact_is_left(tmp_path):
+    row = tables.RowPlan("BYOL", "byol", "tiny", {})
+
+    def built(sha: str, seconds: float, source: str = "synth") -> dict:
+        return {"method": "byol", "recipe": "tiny", "pretrain_data": source, "artifact_sha256": sha,
+                "pretraining_s": seconds}
+    records = [built("a", 10.0), built("a", 10.0), built("b", 30.0), built("c", 500.0, "synth_plus")]  # c: COCO+
+    assert plan.estimate(tmp_path, records, row, [], {}) == "estimated pretraining ~20 s"
+    assert plan.estimate(tmp_path, [], row, [], {}) == "estimated pretraining time unknown"
 
 
 def test_a_metric_carried_as_a_field_fills_its_own_column(ref):
