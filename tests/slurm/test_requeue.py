@@ -83,6 +83,7 @@ def wait_for(ready, what: str, timeout_s: float = 300) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # 40-60 s, most of it Slurm's own timing (CI runs it: -m slow tests/slurm)
 def test_cancelled_job_then_the_same_command_resumes_to_the_uninterrupted_backbone(
         slurm_cluster, tmp_path, tiny_data, uninterrupted_sha):
     home, env = fresh_home(tmp_path, "job", tiny_data), cluster_env(slurm_cluster, tmp_path)
@@ -107,6 +108,7 @@ def test_cancelled_job_then_the_same_command_resumes_to_the_uninterrupted_backbo
     assert manifest(home)["backbone_sha256"] == uninterrupted_sha
 
 
+@pytest.mark.slow  # 40-60 s, most of it Slurm's own timing (CI runs it: -m slow tests/slurm)
 def test_job_at_its_time_limit_requeues_itself_and_completes(slurm_cluster, tmp_path, tiny_data,
                                                              uninterrupted_sha):
     home, env = fresh_home(tmp_path, "job", tiny_data), cluster_env(slurm_cluster, tmp_path)

@@ -55,6 +55,7 @@ def test_table_graph_makes_the_local_builds_cells_and_a_second_call_submits_noth
     assert listed.returncode == 0 and f"{entries[-1]['job_id']}" in listed.stdout and "logs: " in listed.stdout
 
 
+@pytest.mark.slow  # ~35 s: a whole table's graph submitted twice (CI runs it: -m slow tests/slurm)
 def test_queued_steps_are_not_submitted_again_and_jobs_cancels_them(slurm_cluster, tmp_path, workdir):
     env = cluster_env(slurm_cluster, tmp_path)
     # held: queued but never started, so the graph stays queued while the second call plans; Table 2
