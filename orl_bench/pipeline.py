@@ -237,7 +237,8 @@ def record_fields(cfg: PretrainConfig, folder: Path | None = None) -> dict[str, 
     return {"config_hash": config_hash(cfg), "setup_hash": setup[:12], "seed": cfg.train.seed,
             "epochs": 0 if plugin is None else cfg.train.epochs, "pretrain_data": cfg.data.source,
             "variant": plugin.variant(cfg) if plugin else {},
-            **({"pretraining_s": round(pretraining_seconds(folder), 1)} if folder is not None else {})}
+            **({"pretraining_s": round(seconds, 1)}
+               if folder is not None and (seconds := pretraining_seconds(folder)) is not None else {})}
 
 
 def artifact_config(folder: Path) -> PretrainConfig:

@@ -295,10 +295,10 @@ def estimate(workdir: Path, records: list[dict[str, Any]], row: RowPlan, tasks: 
 def _pretraining_estimate(workdir: Path, records: list[dict[str, Any]], row: RowPlan) -> str:
     """From the artifacts of this work directory, else from the build times records carry (a work
     directory seeded with committed records has no artifacts)."""
-    trained = [pretraining_seconds(manifest.parent)
-               for manifest in (Path(workdir) / "artifacts").glob(f"{row.method}-*/{MANIFEST}")
+    trained = [seconds for manifest in (Path(workdir) / "artifacts").glob(f"{row.method}-*/{MANIFEST}")
                if (facts := json.loads(manifest.read_text())).get("recipe") == row.recipe
-               and (facts.get("data", {}).get("source") in COCO_PLUS_SOURCES) == row.coco_plus]
+               and (facts.get("data", {}).get("source") in COCO_PLUS_SOURCES) == row.coco_plus
+               and (seconds := pretraining_seconds(manifest.parent)) is not None]
     if not trained:
         trained = list({r["artifact_sha256"]: r["pretraining_s"] for r in records
                         if "pretraining_s" in r and of_row(r, row)}.values())

@@ -57,11 +57,15 @@ def read_run_info(artifact_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def pretraining_seconds(artifact_dir: Path) -> float:
+def pretraining_seconds(artifact_dir: Path) -> float | None:
     """The wall time an artifact's build spent: its training (or last stage), plus the earlier
-    stages built in the same run (their top-level `*_s` durations; a reused stage counts 0)."""
+    stages built in the same run (their top-level `*_s` durations; a reused stage counts 0). A
+    build killed and resumed counts its last process only; None where the artifact kept no timing
+    (copied without its run.json)."""
     # artifacts made before run.json kept it in the manifest
     info = read_run_info(artifact_dir) or read_manifest(artifact_dir)
+    if "train_wall_s_this_run" not in info and "started" not in info:  # a random init's run.json has no training
+        return None
     stages = info.get("stages", {})
     earlier = [v for entry in (stages, *(e for e in stages.values() if isinstance(e, dict)))
                for k, v in entry.items() if k.endswith("_s") and isinstance(v, (int, float))]

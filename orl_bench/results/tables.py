@@ -148,13 +148,16 @@ def provenance(parts: list[tuple[PaperTable, pd.DataFrame]], records: list[dict[
     runs = {run for found in frame["runs"] for run in found}  # a run fills several cells (layers, k, metrics)
     keys = {run[:3] for run in runs}
     used = [r for r in records if (r["task"], r.get("artifact_sha256") or "", r.get("timestamp") or "") in keys]
-    # each artifact's build time: from its folder, else from its records (the folder may be gone)
+    # each artifact's build time: from its folder, else from any of its records (the folder may be
+    # gone, and records written before they kept the time lack it)
     built: dict[str, float | None] = {}
     for r in used:
-        folder = artifact_folder(r["artifact"], workdir) if r.get("artifact") else None
-        if r.get("artifact_sha256") and r["artifact_sha256"] not in built:
-            built[r["artifact_sha256"]] = (pretraining_seconds(folder) if folder and is_complete(folder)
-                                           else r.get("pretraining_s"))
+        sha = r.get("artifact_sha256")
+        if sha and sha not in built:
+            folder = artifact_folder(r["artifact"], workdir) if r.get("artifact") else None
+            built[sha] = pretraining_seconds(folder) if folder and is_complete(folder) else None
+        if sha and built[sha] is None:
+            built[sha] = r.get("pretraining_s")
     unknown = sum(s is None for s in built.values())
     protocols = sorted({str(r.get("protocol")) for r in used if r.get("protocol")})
     solvers = sorted({r["svm_solver"] for r in used if r.get("svm_solver")})
@@ -166,7 +169,8 @@ def provenance(parts: list[tuple[PaperTable, pd.DataFrame]], records: list[dict[
              f"- protocols: {'; '.join(protocols) or '-'}" + (f"; SVM solver {', '.join(solvers)}" if solvers else ""),
              f"- devices: {', '.join(sorted({str(r.get('device')) for r in used})) or '-'}",
              f"- time: pretraining {sum(s for s in built.values() if s is not None):.0f} s (the artifacts' own builds"
-             + (f"; {unknown} of {len(built)} unknown: no folder here, no pretraining_s in their records" if unknown else "")
+             + (f"; {unknown} of {len(built)} unknown: no folder here, no pretraining_s in their records"
+                if unknown else "")
              + f"), evaluation {sum(wall for *_, wall in runs):.0f} s (the records); "
              f"this command: {seconds:.0f} s; written {time.strftime('%Y-%m-%d %H:%M %Z')}"]
     return "\n".join(lines) + "\n"

@@ -198,8 +198,14 @@ def test_pretraining_time_counts_the_stages_built_in_the_same_run(tmp_path):
         "stage2_s": 3.0, "stage2_steps_s": {"proposals": 2.0}}}))  # a breakdown of stage2_s, not counted again
     (old / "manifest.json").write_text(json.dumps({"train_wall_s_this_run": 7.5}))  # before run.json existed
     assert pretraining_seconds(new) == 19.0 and pretraining_seconds(old) == 7.5
-    # and every record of the artifact carries it, for when the folder is gone
-    assert pipeline.record_fields(pipeline.load_pretrain_config("orl", "tiny", []), new)["pretraining_s"] == 19.0
+    # and every record of the artifact carries it, for when the folder is gone; a folder copied
+    # without its run.json has no time, not 0 s
+    cfg = pipeline.load_pretrain_config("orl", "tiny", [])
+    assert pipeline.record_fields(cfg, new)["pretraining_s"] == 19.0
+    copied = tmp_path / "orl-copied"
+    copied.mkdir()
+    (copied / "manifest.json").write_text("{}")
+    assert pretraining_seconds(copied) is None and "pretraining_s" not in pipeline.record_fields(cfg, copied)
 
 
 def test_the_provenance_takes_a_gone_artifacts_pretraining_time_from_its_records(ref, tmp_path):
@@ -212,11 +218,15 @@ def test_the_provenance_takes_a_gone_artifacts_pretraining_time_from_its_records
     (here / "run.json").write_text(json.dumps({"train_wall_s_this_run": 7.0}))
     records = [record("byol", 50.0, seed=0) | {"artifact": "artifacts/byol-gone-0", "pretraining_s": 100.0},
                record("byol", 51.0, seed=1) | {"artifact": "artifacts/byol-gone-1"},  # from before records kept it
-               record("byol", 52.0, seed=2) | {"artifact": "/elsewhere/artifacts/byol-here", "pretraining_s": 9.0}]
-    frame = tables.fill(table, rows, records, seeds=3, task_hash={(c.task, "default"): "h" for c in table.columns})
-    notes = tables.provenance([(table, frame)], records, "default", 3, {}, 1.0, tmp_path)
-    # the folder found under this work directory is read first; the gone one's record; one unknown, said so
-    assert "- time: pretraining 107 s (the artifacts' own builds; 1 of 3 unknown: no folder here, no " \
+               record("byol", 52.0, seed=2) | {"artifact": "/elsewhere/artifacts/byol-here", "pretraining_s": 9.0},
+               # an older record without the time, then a newer one of the same artifact with it
+               record("byol", 40.0, seed=3, layer="res4") | {"artifact": "artifacts/byol-gone-3"},
+               record("byol", 53.0, seed=3) | {"artifact": "artifacts/byol-gone-3", "pretraining_s": 1000.0}]
+    frame = tables.fill(table, rows, records, seeds=4, task_hash={(c.task, "default"): "h" for c in table.columns})
+    notes = tables.provenance([(table, frame)], records, "default", 4, {}, 1.0, tmp_path)
+    # the folder found under this work directory is read first, then any record of a gone one; one
+    # unknown, said so
+    assert "- time: pretraining 1107 s (the artifacts' own builds; 1 of 4 unknown: no folder here, no " \
            "pretraining_s in their records), evaluation" in notes
 
 
