@@ -110,9 +110,11 @@ def task_config(task: str, recipe: str, task_data: dict[str, list[str]]) -> Task
 def task_recipe_hash(task: str, recipe: str, task_data: dict[str, list[str]]) -> str:
     return pipeline.task_config_hash(task_config(task, recipe, task_data))
 
+
 def seeded(row: RowPlan, seed: int) -> list[str]:
     """The pretraining overrides of a row's run with `seed`."""
     return [*row.data, f"train.seed={seed}"]
+
 
 @dataclass
 class Built:
