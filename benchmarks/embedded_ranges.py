@@ -24,7 +24,7 @@ from typing import Any
 
 from orl_bench import plan
 from orl_bench.data.sources import COCO_PLUS_SOURCES
-from orl_bench.io import atomic_write_text
+from orl_bench.io import atomic_write_text, warn_skipped
 from orl_bench.results.records import CHANCE, read_records
 from orl_bench.results.report import best_per_artifact
 
@@ -121,7 +121,17 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3, help="pretraining seeds 0..N-1 per row")
     p.add_argument("--out", type=Path, help="also write OUT.md and OUT.json")
     args = p.parse_args()
-    records = [r for f in args.records for r in read_records(f)[0]]
+    if args.seeds < 1:
+        p.error(f"--seeds is the number of pretraining seeds per row (0..N-1); expected >= 1, got {args.seeds}")
+    records = []
+    for f in args.records:
+        if not f.is_file():
+            p.error(f"{f}: no such file; expected a JSON-lines record file")
+        found, skipped = read_records(f)
+        if not found:
+            p.error(f"{f} holds no result record; expected a JSON-lines record file")
+        warn_skipped(skipped)
+        records += found
     found = ranges(records, args.recipe, args.seeds)
     checks = targets(found, args.seeds)
     text = to_markdown(found, checks, args.recipe, args.seeds)
